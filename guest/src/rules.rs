@@ -1,0 +1,188 @@
+//! Offer rules for one sign-up: which plans can be delivered where, which
+//! promo applies, and in what order the offers are shown.
+
+use std::cmp::Reverse;
+
+use crate::catalog::{Catalog, CatalogError, Plan, Promo, Segment};
+use crate::geo::{MetroIndex, Nearby};
+
+/// A validated, routed sign-up. Borrowed: the adapter and the host both hold
+/// the strings already.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SignUp<'a> {
+    pub country: &'a str,
+    pub postal_code: Option<&'a str>,
+    pub coordinates: Option<(f64, f64)>,
+    pub segment: Segment,
+    pub signed_up_day: Option<i32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppliedPromo {
+    /// Index into the catalog's promos.
+    pub promo: u32,
+    pub monthly_price_minor: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offer {
+    /// Index into the catalog's plans.
+    pub plan: u32,
+    pub monthly_price_minor: u64,
+    pub promo: Option<AppliedPromo>,
+}
+
+/// Why the rules decline a sign-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    CountryNotServed(String),
+    NoCoverage,
+    Unusable(String),
+}
+
+/// Longest postal code of any country (with separators), per the UPU list.
+const MAX_POSTAL_CODE_LEN: usize = 12;
+
+/// Rules primed with one region's catalog.
+#[derive(Debug)]
+pub struct Rules {
+    catalog: Catalog,
+    metros: MetroIndex,
+    /// Largest coverage radius of any plan: the one metro query per sign-up.
+    max_coverage_km: f64,
+}
+
+impl Rules {
+    /// # Errors
+    /// A catalog the rules cannot use, naming the field.
+    pub fn new(catalog: Catalog) -> Result<Self, CatalogError> {
+        catalog.check()?;
+        let metros = MetroIndex::new(&catalog.metros);
+        let max_coverage_km = catalog.plans.iter().filter_map(|p| p.coverage).map(|c| c.max_km).fold(0.0, f64::max);
+        Ok(Self { catalog, metros, max_coverage_km })
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Ranked offers for one sign-up, best first.
+    ///
+    /// # Errors
+    /// A [`Rejection`] when the region does not serve the sign-up.
+    pub fn enrich(&self, signup: &SignUp<'_>) -> Result<Vec<Offer>, Rejection> {
+        if !self.catalog.countries.iter().any(|c| c == signup.country) {
+            return Err(Rejection::CountryNotServed(signup.country.to_owned()));
+        }
+        let postal = signup.postal_code.map(normalise_postal_code).transpose()?;
+        let mut nearby = Vec::new();
+        if let Some((lat, lon)) = signup.coordinates {
+            self.metros.within(lat, lon, self.max_coverage_km, &mut nearby);
+        }
+        let eligible: Vec<(u32, &Plan)> = self
+            .catalog
+            .plans
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| deliverable(p, signup, postal.as_deref(), &nearby))
+            .map(|(i, p)| (i as u32, p))
+            .collect();
+        let mut offers: Vec<(u32, &Plan)> =
+            eligible.iter().copied().filter(|(_, p)| !eligible.iter().any(|(_, q)| dominates(q, p))).collect();
+        if offers.is_empty() {
+            return Err(Rejection::NoCoverage);
+        }
+        match signup.segment {
+            // Households: best technology, then fastest download, then cheapest.
+            Segment::Residential => {
+                offers.sort_by_key(|(_, p)| (p.technology, Reverse(p.down_mbps), p.monthly_price_minor))
+            }
+            // Businesses: upload first (backups, video, hosting), then technology.
+            Segment::Business => {
+                offers.sort_by_key(|(_, p)| (Reverse(p.up_mbps), p.technology, p.monthly_price_minor))
+            }
+        }
+        offers.truncate(self.catalog.max_offers as usize);
+        Ok(offers
+            .into_iter()
+            .map(|(index, plan)| Offer {
+                plan: index,
+                monthly_price_minor: plan.monthly_price_minor,
+                promo: self.best_promo(plan, signup),
+            })
+            .collect())
+    }
+
+    /// The deepest discount among promos valid for this plan on the sign-up day.
+    fn best_promo(&self, plan: &Plan, signup: &SignUp<'_>) -> Option<AppliedPromo> {
+        let day = signup.signed_up_day?;
+        self.catalog
+            .promos
+            .iter()
+            .enumerate()
+            .filter(|(_, promo)| promo_applies(promo, plan, signup.segment, day))
+            .max_by_key(|(_, promo)| promo.percent_off)
+            .map(|(i, promo)| AppliedPromo {
+                promo: i as u32,
+                monthly_price_minor: discounted(plan.monthly_price_minor, promo.percent_off),
+            })
+    }
+}
+
+/// Upper case without spaces or dashes; refuses characters no postal system uses.
+fn normalise_postal_code(code: &str) -> Result<String, Rejection> {
+    if code.len() > MAX_POSTAL_CODE_LEN {
+        return Err(Rejection::Unusable(format!("postal code {code:?} is longer than {MAX_POSTAL_CODE_LEN}")));
+    }
+    if let Some(bad) = code.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == ' ' || *c == '-')) {
+        return Err(Rejection::Unusable(format!("postal code {code:?} contains {bad:?}")));
+    }
+    Ok(code.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_uppercase()).collect())
+}
+
+fn deliverable(plan: &Plan, signup: &SignUp<'_>, postal: Option<&str>, nearby: &[Nearby]) -> bool {
+    if plan.segment.is_some_and(|s| s != signup.segment) {
+        return false;
+    }
+    if !plan.countries.is_empty() && !plan.countries.iter().any(|c| c == signup.country) {
+        return false;
+    }
+    if !plan.postal_prefixes.is_empty() {
+        let Some(postal) = postal else { return false };
+        if !plan.postal_prefixes.iter().any(|p| postal.starts_with(p.as_str())) {
+            return false;
+        }
+    }
+    match plan.coverage {
+        None => true,
+        Some(c) => nearby.iter().any(|n| n.population >= c.min_population && n.km <= c.max_km),
+    }
+}
+
+/// `a` makes `b` pointless: at least as fast both ways, no dearer, and better
+/// in one of them. Satellite stays only where nothing better reaches.
+fn dominates(a: &Plan, b: &Plan) -> bool {
+    let no_worse = a.down_mbps >= b.down_mbps
+        && a.up_mbps >= b.up_mbps
+        && a.monthly_price_minor <= b.monthly_price_minor
+        && a.technology <= b.technology;
+    let better = a.down_mbps > b.down_mbps
+        || a.up_mbps > b.up_mbps
+        || a.monthly_price_minor < b.monthly_price_minor
+        || a.technology < b.technology;
+    no_worse && better
+}
+
+fn promo_applies(promo: &Promo, plan: &Plan, segment: Segment, day: i32) -> bool {
+    (promo.valid_from_day..=promo.valid_until_day).contains(&day)
+        && promo.segment.is_none_or(|s| s == segment)
+        && (promo.technologies.is_empty() || promo.technologies.contains(&plan.technology))
+}
+
+/// Rounded to the nearest minor unit, halves up.
+fn discounted(price: u64, percent_off: u8) -> u64 {
+    (price * u64::from(100 - percent_off) + 50) / 100
+}
+
+#[cfg(test)]
+mod tests;

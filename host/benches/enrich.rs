@@ -1,0 +1,185 @@
+//! Full-path throughput: JSON line → decode → rules → JSON line, through the
+//! WebAssembly module (production limits on) and through the same rule logic
+//! compiled natively into the host, side by side in one run.
+//!
+//! `cargo bench -p offerd --bench enrich`
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use offerd::catalog::{self, Catalogs, RegionCatalog};
+use offerd::engine::{Engine, Limits, Offer, RuleModule};
+use offerd::enricher::{Enricher, Outcome};
+use offerd::module_store::LoadedRules;
+use offerd::record::{self, Reason, RuleRef};
+use offerd::signup::SignUp;
+
+const RECORDS: usize = 20_000;
+const ROUNDS: usize = 7;
+
+fn main() -> anyhow::Result<()> {
+    let root = xtask::workspace_root();
+    let catalogs = Arc::new(Catalogs::load(&root.join("catalogs"))?);
+    let bytes = xtask::build_component("offer-rules")?;
+    let engine = Engine::new(Limits::default())?;
+    let module = Arc::new(RuleModule::load(&engine, &bytes)?);
+    let mut rules = HashMap::new();
+    for c in catalogs.regions() {
+        rules.insert(c.region.clone(), Arc::new(offerd::engine::RegionRules::new(module.clone(), Arc::new(c.clone()))?));
+    }
+    let wasm = Enricher::new(catalogs.clone(), LoadedRules { rules, unserved: Default::default() });
+    let native = Native::new(&catalogs, module.info());
+
+    let mut generator = xtask::signups::Generator::new(&root.join("catalogs/geonames/cities15000.csv"), 7)?;
+    let inputs: Vec<String> = generator.batch(RECORDS, None);
+    let avg = inputs.iter().map(String::len).sum::<usize>() / inputs.len();
+    println!("{RECORDS} sign-ups of {avg} bytes on average; limits: {:?}; median of {ROUNDS} rounds", Limits::default());
+    println!("{:>6}  {:>14}  {:>14}  {:>12}", "batch", "wasm rec/s", "native rec/s", "wasm/native");
+    for batch in [1, 100, 500] {
+        let (mut w, mut n) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            w.push(run(&inputs, batch, |chunk| wasm.enrich(chunk)));
+            n.push(run(&inputs, batch, |chunk| native.enrich(chunk)));
+        }
+        let (w, n) = (median(w), median(n));
+        let rate = |d: Duration| RECORDS as f64 / d.as_secs_f64();
+        println!("{batch:>6}  {:>14.0}  {:>14.0}  {:>11.2}x", rate(w), rate(n), n.as_secs_f64() / w.as_secs_f64());
+    }
+    Ok(())
+}
+
+fn run(inputs: &[String], batch: usize, mut f: impl FnMut(&[&[u8]]) -> Vec<Outcome>) -> Duration {
+    let refs: Vec<&[u8]> = inputs.iter().map(|s| s.as_bytes()).collect();
+    let start = Instant::now();
+    let mut produced = 0;
+    for chunk in refs.chunks(batch) {
+        produced += std::hint::black_box(f(chunk)).len();
+    }
+    let took = start.elapsed();
+    assert_eq!(produced, inputs.len());
+    took
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// The same decode, routing and encoding as [`Enricher`], with the rules
+/// called as a native library instead of a module.
+struct Native {
+    catalogs: Arc<Catalogs>,
+    rules: HashMap<String, offer_rules::Rules>,
+    info: offerd::engine::ModuleInfo,
+}
+
+impl Native {
+    fn new(catalogs: &Arc<Catalogs>, info: &offerd::engine::ModuleInfo) -> Self {
+        let rules = catalogs.regions().map(|c| (c.region.clone(), offer_rules::Rules::new(native_catalog(c)).unwrap())).collect();
+        Self { catalogs: catalogs.clone(), rules, info: info.clone() }
+    }
+
+    fn enrich(&self, inputs: &[&[u8]]) -> Vec<Outcome> {
+        inputs
+            .iter()
+            .map(|input| {
+                let mut line = Vec::with_capacity(512);
+                let signup = match SignUp::decode(input) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        record::write_dead_letter(&mut line, Reason::InvalidRecord, &e.to_string(), None, input);
+                        return Outcome::DeadLetter { reason: Reason::InvalidRecord, line };
+                    }
+                };
+                let region = self.catalogs.route(&signup.country).expect("generated countries are routed");
+                let catalog = self.catalogs.region(region).unwrap();
+                let native = offer_rules::SignUp {
+                    country: &signup.country,
+                    postal_code: signup.postal_code.as_deref(),
+                    coordinates: signup.coordinates,
+                    segment: match signup.segment {
+                        catalog::Segment::Residential => offer_rules::Segment::Residential,
+                        catalog::Segment::Business => offer_rules::Segment::Business,
+                    },
+                    signed_up_day: signup.signed_up_day,
+                };
+                match self.rules[region].enrich(&native) {
+                    Ok(offers) => {
+                        let offers: Vec<Offer> = offers
+                            .iter()
+                            .map(|o| Offer {
+                                plan: o.plan as usize,
+                                monthly_price_minor: o.monthly_price_minor,
+                                promo: o.promo.map(|p| (p.promo as usize, p.monthly_price_minor)),
+                            })
+                            .collect();
+                        record::write_offers(&mut line, &signup, catalog, &offers, RuleRef::from(&self.info));
+                        Outcome::Offer(line)
+                    }
+                    Err(e) => {
+                        record::write_dead_letter(&mut line, Reason::RuleRejected, &format!("{e:?}"), None, input);
+                        Outcome::DeadLetter { reason: Reason::RuleRejected, line }
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+fn technology(t: catalog::Technology) -> offer_rules::Technology {
+    match t {
+        catalog::Technology::Fiber => offer_rules::Technology::Fiber,
+        catalog::Technology::Cable => offer_rules::Technology::Cable,
+        catalog::Technology::Dsl => offer_rules::Technology::Dsl,
+        catalog::Technology::FixedWireless => offer_rules::Technology::FixedWireless,
+        catalog::Technology::Satellite => offer_rules::Technology::Satellite,
+    }
+}
+
+fn segment(s: catalog::Segment) -> offer_rules::Segment {
+    match s {
+        catalog::Segment::Residential => offer_rules::Segment::Residential,
+        catalog::Segment::Business => offer_rules::Segment::Business,
+    }
+}
+
+fn native_catalog(c: &RegionCatalog) -> offer_rules::Catalog {
+    offer_rules::Catalog {
+        region: c.region.clone(),
+        currency: c.currency.clone(),
+        countries: c.countries.clone(),
+        max_offers: c.max_offers,
+        plans: c
+            .plans
+            .iter()
+            .map(|p| offer_rules::Plan {
+                id: p.id.clone(),
+                name: p.name.clone(),
+                technology: technology(p.technology),
+                segment: p.segment.map(segment),
+                down_mbps: p.down_mbps,
+                up_mbps: p.up_mbps,
+                monthly_price_minor: p.monthly_price_minor,
+                countries: p.countries.clone(),
+                postal_prefixes: p.postal_prefixes.clone(),
+                coverage: p.coverage.map(|c| offer_rules::Coverage { max_km: c.max_km, min_population: c.min_population }),
+            })
+            .collect(),
+        metros: c.metros.iter().map(|m| offer_rules::Metro { lat: m.lat, lon: m.lon, population: m.population }).collect(),
+        promos: c
+            .promos
+            .iter()
+            .map(|p| offer_rules::Promo {
+                id: p.id.clone(),
+                name: p.name.clone(),
+                percent_off: p.percent_off,
+                months: p.months,
+                technologies: p.technologies.iter().copied().map(technology).collect(),
+                segment: p.segment.map(segment),
+                valid_from_day: p.valid_from,
+                valid_until_day: p.valid_until,
+            })
+            .collect(),
+    }
+}

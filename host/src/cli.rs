@@ -1,0 +1,208 @@
+//! The `offerd` command line: parse, set up tracing, call the library.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::catalog::Catalogs;
+use crate::engine::{Engine, Limits, RegionRules, RuleModule};
+use crate::enricher::{Enricher, Outcome};
+use crate::{golden, module_store};
+
+/// Exit status when the set-up (files, modules, catalogs) is unusable.
+const EXIT_SETUP: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "offerd", version, about = "Enriches sign-ups with regional offers computed by WebAssembly rule modules")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enrich JSON-lines sign-ups: one offer record or dead letter per input line.
+    Enrich(EnrichArgs),
+    /// Run golden cases against a module and a region's catalog.
+    Test(TestArgs),
+}
+
+/// Bounds on every module call (production defaults).
+#[derive(Args)]
+struct LimitArgs {
+    /// Longest a module call (a whole batch) may run.
+    #[arg(long, value_name = "MS", default_value_t = Limits::default().call_timeout.as_millis() as u64)]
+    call_timeout_ms: u64,
+    /// Most linear memory a module instance may hold.
+    #[arg(long, value_name = "MIB", default_value_t = Limits::default().memory_bytes >> 20)]
+    memory_limit_mib: usize,
+}
+
+impl LimitArgs {
+    fn engine(&self) -> anyhow::Result<Engine> {
+        Engine::new(Limits { call_timeout: Duration::from_millis(self.call_timeout_ms), memory_bytes: self.memory_limit_mib << 20 })
+    }
+}
+
+#[derive(Args)]
+struct EnrichArgs {
+    /// Module store: `<region>.wasm` per region, `default.wasm` for the rest.
+    #[arg(long, value_name = "DIR")]
+    modules: PathBuf,
+    /// Catalog directory: `regions.toml` and `<region>.toml`.
+    #[arg(long, value_name = "DIR")]
+    catalogs: PathBuf,
+    /// Sign-ups, one JSON object per line [default: stdin].
+    #[arg(long, value_name = "FILE")]
+    input: Option<PathBuf>,
+    /// Offer records [default: stdout].
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Dead letters [default: stderr].
+    #[arg(long, value_name = "FILE")]
+    dead_letters: Option<PathBuf>,
+    /// Records per module call.
+    #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    batch_size: u32,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// The module under test.
+    #[arg(long, value_name = "FILE")]
+    module: PathBuf,
+    /// The region's catalog; `regions.toml` must sit beside it.
+    #[arg(long, value_name = "FILE")]
+    catalog: PathBuf,
+    /// Golden-case files (JSON).
+    #[arg(required = true, value_name = "CASE")]
+    cases: Vec<PathBuf>,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Runs `offerd` with the process's arguments.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OFFERD_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let result = match cli.command {
+        Command::Enrich(args) => enrich(&args),
+        Command::Test(args) => test(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_SETUP)
+        }
+    }
+}
+
+fn create(path: &Path) -> anyhow::Result<Box<dyn Write>> {
+    Ok(Box::new(File::create(path).with_context(|| format!("creating {}", path.display()))?))
+}
+
+fn enrich(args: &EnrichArgs) -> anyhow::Result<ExitCode> {
+    let catalogs = Arc::new(Catalogs::load(&args.catalogs)?);
+    let engine = args.limits.engine()?;
+    let loaded = module_store::load(&engine, &args.modules, &catalogs)?;
+    let enricher = Enricher::new(catalogs, loaded);
+
+    let input: Box<dyn BufRead> = match &args.input {
+        Some(path) => Box::new(BufReader::new(File::open(path).with_context(|| format!("opening {}", path.display()))?)),
+        None => Box::new(io::stdin().lock()),
+    };
+    let mut output = BufWriter::new(match &args.output {
+        Some(path) => create(path)?,
+        None => Box::new(io::stdout().lock()),
+    });
+    let mut dead_letters = BufWriter::new(match &args.dead_letters {
+        Some(path) => create(path)?,
+        None => Box::new(io::stderr()),
+    });
+
+    let mut lines = LineBatches { input, batch_size: args.batch_size as usize };
+    let (mut offers, mut dead) = (0u64, BTreeMap::<&str, u64>::new());
+    while let Some(batch) = lines.next_batch().context("reading sign-ups")? {
+        let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+        for outcome in enricher.enrich(&refs) {
+            match outcome {
+                Outcome::Offer(line) => {
+                    offers += 1;
+                    output.write_all(&line)?;
+                    output.write_all(b"\n")?;
+                }
+                Outcome::DeadLetter { reason, line } => {
+                    *dead.entry(reason.as_str()).or_default() += 1;
+                    dead_letters.write_all(&line)?;
+                    dead_letters.write_all(b"\n")?;
+                }
+            }
+        }
+    }
+    output.flush().context("writing offers")?;
+    dead_letters.flush().context("writing dead letters")?;
+    tracing::info!(offers, dead_letters = dead.values().sum::<u64>(), by_reason = ?dead, "enrich done");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads lines as bytes (input need not be UTF-8), without the line ending.
+struct LineBatches {
+    input: Box<dyn BufRead>,
+    batch_size: usize,
+}
+
+impl LineBatches {
+    fn next_batch(&mut self) -> io::Result<Option<Vec<Vec<u8>>>> {
+        let mut batch = Vec::with_capacity(self.batch_size);
+        while batch.len() < self.batch_size {
+            let mut line = Vec::new();
+            if self.input.read_until(b'\n', &mut line)? == 0 {
+                break;
+            }
+            if line.last() == Some(&b'\n') {
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+            }
+            batch.push(line);
+        }
+        Ok((!batch.is_empty()).then_some(batch))
+    }
+}
+
+fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
+    let catalog = Arc::new(Catalogs::load_region_file(&args.catalog)?);
+    let engine = args.limits.engine()?;
+    let bytes = std::fs::read(&args.module).with_context(|| format!("reading {}", args.module.display()))?;
+    let module = RuleModule::load(&engine, &bytes).with_context(|| format!("loading {}", args.module.display()))?;
+    let rules = RegionRules::new(Arc::new(module), catalog)
+        .with_context(|| format!("starting {} with {}", args.module.display(), args.catalog.display()))?;
+    let cases = golden::load(&args.cases)?;
+    let verdicts = golden::run(&rules, &cases);
+    let mut out = io::stdout().lock();
+    let failed = verdicts.iter().filter(|v| v.failure.is_some()).count();
+    for v in &verdicts {
+        match &v.failure {
+            None => writeln!(out, "ok   {}", golden::label(&v.file, &v.name))?,
+            Some(why) => writeln!(out, "FAIL {}\n{why}", golden::label(&v.file, &v.name))?,
+        }
+    }
+    writeln!(out, "{} passed, {failed} failed", verdicts.len() - failed)?;
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,96 @@
+//! The only part of the host that touches wasmtime: compile offer-rule
+//! components, prime instances with a region's catalog, and run batches under
+//! a deadline and a memory cap.
+//!
+//! # Layout
+//! - [`limits`]: the per-call bounds and the memory limiter.
+//! - [`module`]: a compiled, checked component ([`RuleModule`]).
+//! - [`region`]: a module bound to one region's catalog ([`RegionRules`]),
+//!   with warm instances and poison-record isolation.
+//! - `convert`: host types to and from the contract's types.
+
+mod convert;
+mod limits;
+mod module;
+mod region;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+pub use limits::Limits;
+pub use module::{ModuleError, ModuleInfo, RuleModule};
+pub use region::{Failure, FailureKind, Offer, RegionRules};
+
+wasmtime::component::bindgen!({ path: "../wit", world: "offer-rules" });
+
+use exports::offers::rules::rules as wit;
+
+/// The contract version this host speaks, as exported by modules.
+pub const RULES_INTERFACE: &str = "offers:rules/rules@1.0.0";
+
+/// How often the epoch advances. A call's deadline is rounded up to whole
+/// ticks, so a runaway module is stopped within its timeout plus one tick.
+const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// A wasmtime engine configured for offer rules, with its epoch ticker.
+#[derive(Clone)]
+pub struct Engine {
+    inner: wasmtime::Engine,
+    limits: Limits,
+    _ticker: Arc<Ticker>,
+}
+
+impl Engine {
+    /// # Errors
+    /// When wasmtime rejects the configuration (it does not on supported hosts).
+    pub fn new(limits: Limits) -> anyhow::Result<Self> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        // Rules run on the host's own threads; they must never allocate
+        // unbounded native stack either.
+        config.max_wasm_stack(1 << 20);
+        let inner = wasmtime::Engine::new(&config)?;
+        let ticker = Ticker::start(inner.clone());
+        Ok(Self { inner, limits, _ticker: Arc::new(ticker) })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Epoch ticks that cover `limits.call_timeout`.
+    fn deadline_ticks(&self) -> u64 {
+        let tick = EPOCH_TICK.as_nanos();
+        (self.limits.call_timeout.as_nanos().div_ceil(tick) as u64).max(1)
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+}
+
+impl Ticker {
+    fn start(engine: wasmtime::Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("offerd-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch thread: the host cannot bound module calls without it");
+        Self { stop }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,111 @@
+//! A compiled offer-rule component, checked against the contract.
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::Store;
+
+use super::limits::MemoryCap;
+use super::{Engine, OfferRules, OfferRulesPre, RULES_INTERFACE};
+
+/// Why a module is refused. The old module, if any, keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    #[error("not a WebAssembly component: {0}")]
+    NotAComponent(String),
+    #[error("module imports {0}; offer rules may import nothing")]
+    HasImports(String),
+    #[error("module exports {found}; this host speaks {RULES_INTERFACE}")]
+    WrongWorld { found: String },
+    #[error("module export {RULES_INTERFACE} does not match the contract: {0}")]
+    WrongShape(String),
+    #[error("module metadata is unusable: {0}")]
+    BadMetadata(String),
+    #[error("module failed in {call}: {detail}")]
+    Failed { call: &'static str, detail: String },
+    #[error("module refused the {region} catalog: {field}: {reason}")]
+    CatalogRefused { region: String, field: String, reason: String },
+}
+
+/// What a module says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleInfo {
+    pub name: String,
+    pub version: semver::Version,
+    /// `sha256:<hex>` of the component's bytes: names the exact build.
+    pub digest: String,
+}
+
+/// Per-store state: only the memory limiter.
+pub(crate) struct StoreState {
+    limiter: MemoryCap,
+}
+
+/// A component compiled once, ready to instantiate in microseconds.
+pub struct RuleModule {
+    engine: Engine,
+    pre: OfferRulesPre<StoreState>,
+    info: ModuleInfo,
+}
+
+impl RuleModule {
+    /// Compiles and checks a component: no imports, exports exactly the
+    /// contract's interface and version, metadata with a semver version.
+    ///
+    /// # Errors
+    /// A [`ModuleError`] naming what was found instead.
+    pub fn load(engine: &Engine, bytes: &[u8]) -> Result<Self, ModuleError> {
+        let digest = format!("sha256:{:x}", Sha256::digest(bytes));
+        let component = Component::new(&engine.inner, bytes).map_err(|e| ModuleError::NotAComponent(format!("{e:#}")))?;
+        let ty = component.component_type();
+        let imports: Vec<&str> = ty.imports(&engine.inner).map(|(name, _)| name).collect();
+        if !imports.is_empty() {
+            return Err(ModuleError::HasImports(imports.join(", ")));
+        }
+        let exports: Vec<&str> = ty.exports(&engine.inner).map(|(name, _)| name).collect();
+        if !exports.contains(&RULES_INTERFACE) {
+            let found = if exports.is_empty() { "nothing".to_owned() } else { exports.join(", ") };
+            return Err(ModuleError::WrongWorld { found });
+        }
+        let pre = Linker::new(&engine.inner)
+            .instantiate_pre(&component)
+            .and_then(OfferRulesPre::new)
+            .map_err(|e| ModuleError::WrongShape(format!("{e:#}")))?;
+        let mut module = Self {
+            engine: engine.clone(),
+            pre,
+            info: ModuleInfo { name: String::new(), version: semver::Version::new(0, 0, 0), digest },
+        };
+        let (mut store, bindings) = module.instantiate().map_err(|e| failed("instantiate", &e))?;
+        let meta = bindings.offers_rules_rules().call_metadata(&mut store).map_err(|e| failed("metadata", &e))?;
+        if meta.name.trim().is_empty() {
+            return Err(ModuleError::BadMetadata("name is empty".into()));
+        }
+        module.info.version = semver::Version::parse(&meta.version)
+            .map_err(|e| ModuleError::BadMetadata(format!("version {:?} is not semver: {e}", meta.version)))?;
+        module.info.name = meta.name;
+        Ok(module)
+    }
+
+    pub fn info(&self) -> &ModuleInfo {
+        &self.info
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// A fresh instance in its own store, bounded by the engine's limits.
+    pub(crate) fn instantiate(&self) -> wasmtime::Result<(Store<StoreState>, OfferRules)> {
+        let limits = self.engine.limits;
+        let mut store = Store::new(&self.engine.inner, StoreState { limiter: MemoryCap { cap: limits.memory_bytes } });
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(self.engine.deadline_ticks());
+        let bindings = self.pre.instantiate(&mut store)?;
+        Ok((store, bindings))
+    }
+}
+
+fn failed(call: &'static str, e: &wasmtime::Error) -> ModuleError {
+    ModuleError::Failed { call, detail: super::region::classify(e).detail }
+}
+

@@ -1,0 +1,115 @@
+//! One batch of raw records in, exactly one offer record or dead letter per
+//! record out, in input order. Shared by `offerd enrich` and the stream
+//! processor.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::catalog::Catalogs;
+use crate::engine::{FailureKind, RegionRules};
+use crate::module_store::LoadedRules;
+use crate::record::{self, Reason, RuleRef};
+use crate::signup::SignUp;
+
+/// What became of one input record: a JSON line (without newline).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Offer(Vec<u8>),
+    DeadLetter { reason: Reason, line: Vec<u8> },
+}
+
+/// Routes, enriches and encodes.
+pub struct Enricher {
+    catalogs: Arc<Catalogs>,
+    loaded: LoadedRules,
+}
+
+/// Where a decoded record goes, or why it goes nowhere.
+enum Route<'a> {
+    Rules(&'a Arc<RegionRules>),
+    Unknown(String),
+}
+
+impl Enricher {
+    pub fn new(catalogs: Arc<Catalogs>, loaded: LoadedRules) -> Self {
+        Self { catalogs, loaded }
+    }
+
+    pub fn rules(&self) -> &HashMap<String, Arc<RegionRules>> {
+        &self.loaded.rules
+    }
+
+    /// One outcome per input, in order. Each region's records of the batch go
+    /// to its module in one call.
+    pub fn enrich(&self, inputs: &[&[u8]]) -> Vec<Outcome> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; inputs.len()];
+        let mut by_region: HashMap<&str, (&Arc<RegionRules>, Vec<usize>, Vec<SignUp<'_>>)> = HashMap::new();
+        for (i, input) in inputs.iter().enumerate() {
+            let signup = match SignUp::decode(input) {
+                Ok(s) => s,
+                Err(e) => {
+                    outcomes[i] = Some(dead(Reason::InvalidRecord, &e.to_string(), None, input));
+                    continue;
+                }
+            };
+            match self.route(&signup) {
+                Route::Rules(rules) => {
+                    let entry = by_region.entry(&rules.catalog().region).or_insert_with(|| (rules, Vec::new(), Vec::new()));
+                    entry.1.push(i);
+                    entry.2.push(signup);
+                }
+                Route::Unknown(why) => outcomes[i] = Some(dead(Reason::UnknownRegion, &why, None, input)),
+            }
+        }
+        for (rules, indices, signups) in by_region.into_values() {
+            let batch: Vec<&SignUp<'_>> = signups.iter().collect();
+            let results = rules.enrich(&batch);
+            let info = rules.module().info();
+            for ((i, signup), result) in indices.into_iter().zip(&signups).zip(results) {
+                outcomes[i] = Some(match result {
+                    Ok(offers) => {
+                        let mut line = Vec::with_capacity(512);
+                        record::write_offers(&mut line, signup, rules.catalog(), &offers, RuleRef::from(info));
+                        Outcome::Offer(line)
+                    }
+                    Err(failure) => {
+                        let reason = match failure.kind {
+                            FailureKind::Rejected(_) => Reason::RuleRejected,
+                            FailureKind::Trap => Reason::ModuleTrap,
+                            FailureKind::Timeout => Reason::ModuleTimeout,
+                            FailureKind::Memory => Reason::ModuleMemory,
+                        };
+                        dead(reason, &failure.detail, Some(RuleRef::from(info)), inputs[i])
+                    }
+                });
+            }
+        }
+        outcomes.into_iter().map(|o| o.expect("every input gets an outcome above")).collect()
+    }
+
+    fn route(&self, signup: &SignUp<'_>) -> Route<'_> {
+        let region = match &signup.region {
+            Some(region) if self.catalogs.region(region).is_none() => {
+                return Route::Unknown(format!("region {region:?} (given by the record) is not defined in regions.toml"));
+            }
+            Some(region) => region.as_ref(),
+            None => match self.catalogs.route(&signup.country) {
+                Some(region) => region,
+                None => return Route::Unknown(format!("country {} is not routed to any region", signup.country)),
+            },
+        };
+        match self.loaded.rules.get(region) {
+            Some(rules) => Route::Rules(rules),
+            None => {
+                let why = self.loaded.unserved.get(region).map_or("no module", String::as_str);
+                Route::Unknown(format!("region {region} has no usable module: {why}"))
+            }
+        }
+    }
+}
+
+fn dead(reason: Reason, detail: &str, rule: Option<RuleRef<'_>>, input: &[u8]) -> Outcome {
+    let mut line = Vec::with_capacity(input.len() + 256);
+    record::write_dead_letter(&mut line, reason, detail, rule, input);
+    Outcome::DeadLetter { reason, line }
+}

@@ -1,0 +1,21 @@
+//! offerd: enriches sign-ups with the offers of their sales region, computed
+//! by that region's WebAssembly offer-rule module.
+//!
+//! # Layout
+//! - [`catalog`]: region routing and plan catalogs, validated on load.
+//! - [`signup`]: the sign-up wire format.
+//! - [`engine`]: wasmtime, narrowed to "load a module" and "enrich a batch".
+//! - [`module_store`]: the directory of `<region>.wasm` modules.
+//! - [`enricher`]: one batch of raw records in, one output or dead letter per record out.
+//! - [`record`]: the offer-record and dead-letter wire formats.
+//! - [`golden`]: golden cases for `offerd test`.
+//! - [`cli`]: the `offerd` command line.
+
+pub mod catalog;
+pub mod cli;
+pub mod engine;
+pub mod enricher;
+pub mod golden;
+pub mod module_store;
+pub mod record;
+pub mod signup;

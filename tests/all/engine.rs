@@ -1,0 +1,129 @@
+//! The engine with real components: limits obeyed and violated, poison-record
+//! isolation, and refusal of components that break the contract.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use offerd::catalog::Catalogs;
+use offerd::engine::{Engine, FailureKind, Limits, ModuleError, RegionRules, RuleModule};
+use offerd::signup::SignUp;
+use offerd_tests::component;
+
+fn engine() -> Engine {
+    Engine::new(Limits { call_timeout: Duration::from_millis(100), memory_bytes: 64 << 20 }).unwrap()
+}
+
+fn load(engine: &Engine, name: &str) -> Result<RuleModule, ModuleError> {
+    RuleModule::load(engine, &std::fs::read(component(name)).unwrap())
+}
+
+fn europe(module: RuleModule) -> RegionRules {
+    let catalogs = Catalogs::load(&super::catalogs()).unwrap();
+    RegionRules::new(Arc::new(module), Arc::new(catalogs.region("europe").unwrap().clone())).unwrap()
+}
+
+/// Sign-ups whose postal code is the misbehaving module's command.
+fn commands(cmds: &[&str]) -> Vec<Vec<u8>> {
+    cmds.iter()
+        .enumerate()
+        .map(|(i, c)| format!(r#"{{"user_id": "u{i}", "location": {{"country": "DE", "postal_code": "{c}"}}}}"#).into_bytes())
+        .collect()
+}
+
+fn kinds(rules: &RegionRules, inputs: &[Vec<u8>]) -> Vec<Option<FailureKind>> {
+    let signups: Vec<SignUp<'_>> = inputs.iter().map(|b| SignUp::decode(b).unwrap()).collect();
+    let refs: Vec<&SignUp<'_>> = signups.iter().collect();
+    rules.enrich(&refs).into_iter().map(|r| r.err().map(|f| f.kind)).collect()
+}
+
+#[test]
+fn reference_module_reports_its_metadata_and_digest() {
+    let bytes = std::fs::read(component("reference")).unwrap();
+    let module = RuleModule::load(&engine(), &bytes).unwrap();
+    assert_eq!(module.info().name, "reference-offer-rules");
+    assert_eq!(module.info().version.to_string(), env!("CARGO_PKG_VERSION"));
+    let digest = module.info().digest.strip_prefix("sha256:").unwrap();
+    assert_eq!(digest.len(), 64);
+    // Same bytes, same digest; one byte more, another.
+    let other = RuleModule::load(&engine(), &[bytes.as_slice(), &[0, 0, 0, 0]].concat());
+    assert!(other.is_err() || other.unwrap().info().digest != module.info().digest);
+}
+
+#[test]
+fn a_trapping_record_fails_alone_and_the_rest_of_its_batch_is_served() {
+    let rules = europe(load(&engine(), "misbehave").unwrap());
+    let got = kinds(&rules, &commands(&["ok", "ok", "trap", "ok", "reject"]));
+    assert_eq!(got, [None, None, Some(FailureKind::Trap), None, Some(FailureKind::Rejected("unusable"))]);
+    // The poisoned instance was dropped: the next batch is served normally.
+    assert_eq!(kinds(&rules, &commands(&["ok", "ok"])), [None, None]);
+}
+
+#[test]
+fn an_endless_loop_is_stopped_by_the_deadline() {
+    let rules = europe(load(&engine(), "misbehave").unwrap());
+    let got = kinds(&rules, &commands(&["ok", "loop", "ok"]));
+    assert_eq!(got, [None, Some(FailureKind::Timeout), None]);
+}
+
+#[test]
+fn a_gigabyte_allocation_hits_the_memory_cap() {
+    let rules = europe(load(&engine(), "misbehave").unwrap());
+    let signups = commands(&["alloc", "ok"]);
+    let decoded: Vec<SignUp<'_>> = signups.iter().map(|b| SignUp::decode(b).unwrap()).collect();
+    let results = rules.enrich(&decoded.iter().collect::<Vec<_>>());
+    let failure = results[0].as_ref().unwrap_err();
+    assert_eq!(failure.kind, FailureKind::Memory);
+    assert!(failure.detail.contains("cap is 67108864"), "{}", failure.detail);
+    assert!(results[1].is_ok());
+}
+
+#[test]
+fn an_offer_outside_the_catalog_is_a_module_fault() {
+    let rules = europe(load(&engine(), "misbehave").unwrap());
+    let inputs = commands(&["bad-index"]);
+    let signup = SignUp::decode(&inputs[0]).unwrap();
+    let failure = rules.enrich(&[&signup]).pop().unwrap().unwrap_err();
+    assert_eq!(failure.kind, FailureKind::Trap);
+    assert!(failure.detail.contains("plan 9999"), "{}", failure.detail);
+}
+
+#[test]
+fn a_trap_in_init_refuses_the_module_for_that_region() {
+    let module = Arc::new(load(&engine(), "misbehave").unwrap());
+    let catalogs = Catalogs::load(&super::catalogs()).unwrap();
+    let mut poisoned = catalogs.region("europe").unwrap().clone();
+    poisoned.region = "poisoned".into();
+    let err = RegionRules::new(module, Arc::new(poisoned)).err().expect("init traps");
+    // The name section is kept, so the trap's backtrace names the panic.
+    assert!(matches!(&err, ModuleError::Failed { call: "init", detail } if detail.contains("rust_panic")), "{err}");
+}
+
+#[test]
+fn the_reference_rules_refuse_a_catalog_without_a_fallback_plan() {
+    let module = Arc::new(load(&engine(), "reference").unwrap());
+    let catalogs = Catalogs::load(&super::catalogs()).unwrap();
+    let mut catalog = catalogs.region("europe").unwrap().clone();
+    catalog.plans.retain(|p| p.coverage.is_some());
+    let err = RegionRules::new(module, Arc::new(catalog)).err().expect("refused");
+    assert!(matches!(&err, ModuleError::CatalogRefused { field, .. } if field == "plans"), "{err}");
+}
+
+#[test]
+fn components_that_break_the_contract_are_refused_with_what_was_found() {
+    let engine = engine();
+    let err = RuleModule::load(&engine, b"definitely not wasm").err().unwrap();
+    assert!(matches!(err, ModuleError::NotAComponent(_)), "{err}");
+    // A core module is WebAssembly but not a component.
+    let err = RuleModule::load(&engine, b"\0asm\x01\0\0\0").err().unwrap();
+    assert!(matches!(err, ModuleError::NotAComponent(_)), "{err}");
+
+    let err = load(&engine, "other-world").err().unwrap();
+    assert!(matches!(&err, ModuleError::WrongWorld { found } if found == "charge"), "{err}");
+    assert!(err.to_string().contains("offers:rules/rules@1.0.0"), "{err}");
+
+    let err = load(&engine, "future-version").err().unwrap();
+    assert!(err.to_string().contains("offers:rules/rules@2.0.0"), "{err}");
+
+    let err = load(&engine, "with-import").err().unwrap();
+    assert!(matches!(&err, ModuleError::HasImports(names) if names == "log"), "{err}");
+}

@@ -1,0 +1,38 @@
+//! Builds every module the tests load, from source, on every test build: the
+//! reference rules, the misbehaving guest, and components that break the
+//! contract in one way each. Nothing is prebuilt, nothing can be skipped.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use wit_component::{ComponentEncoder, StringEncoding, dummy_module, embed_component_metadata};
+use wit_parser::{ManglingAndAbi, Resolve};
+
+fn main() -> Result<()> {
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    let root = xtask::workspace_root();
+    for dir in ["guest/src", "guest/Cargo.toml", "wit", "tests/guests/misbehave"] {
+        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    }
+    std::fs::write(out.join("reference.wasm"), xtask::build_component("offer-rules")?)?;
+    std::fs::write(out.join("misbehave.wasm"), xtask::build_component("misbehave-rules")?)?;
+
+    let contract = std::fs::read_to_string(root.join("wit/offers-rules.wit"))?;
+    let other = "package acme:billing@1.0.0;\nworld billing { export charge: func(cents: u64) -> bool; }\n";
+    dummy(&out.join("other-world.wasm"), other, "billing")?;
+    dummy(&out.join("future-version.wasm"), &contract.replace("offers:rules@1.0.0", "offers:rules@2.0.0"), "offer-rules")?;
+    let with_import = contract.replace("    export rules;", "    import log: func(message: string);\n    export rules;");
+    dummy(&out.join("with-import.wasm"), &with_import, "offer-rules")?;
+    Ok(())
+}
+
+/// A component of `world` whose functions all trap: enough to test refusals.
+fn dummy(path: &Path, wit: &str, world: &str) -> Result<()> {
+    let mut resolve = Resolve::default();
+    let package = resolve.push_str("test.wit", wit)?;
+    let world = resolve.select_world(&[package], Some(world))?;
+    let mut module = dummy_module(&resolve, world, ManglingAndAbi::Standard32);
+    embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF8)?;
+    let component = ComponentEncoder::default().module(&module)?.validate(true).encode()?;
+    std::fs::write(path, component).with_context(|| format!("writing {}", path.display()))
+}

@@ -1,0 +1,47 @@
+//! Misbehaves on command, to prove the host's limits. The command is the
+//! sign-up's postal code: `trap` panics, `loop` never returns, `alloc`
+//! allocates 1 GiB, `bad-index` returns a plan outside the catalog, `reject`
+//! declines; anything else gets plan 0. A catalog for region `poisoned`
+//! makes `init` trap.
+#![cfg(target_arch = "wasm32")]
+
+wit_bindgen::generate!({ path: "../../../wit", world: "offer-rules" });
+
+use exports::offers::rules::rules::{Catalog, CatalogError, Guest, ModuleInfo, Offer, RuleError, SignUp};
+
+struct Misbehave;
+export!(Misbehave);
+
+impl Guest for Misbehave {
+    fn metadata() -> ModuleInfo {
+        ModuleInfo { name: "misbehave".into(), version: "0.0.1".into() }
+    }
+
+    fn init(catalog: Catalog) -> Result<(), CatalogError> {
+        if catalog.region == "poisoned" {
+            panic!("init refuses to start for region {}", catalog.region);
+        }
+        Ok(())
+    }
+
+    fn enrich(batch: Vec<SignUp>) -> Vec<Result<Vec<Offer>, RuleError>> {
+        batch.iter().map(|s| command(s.postal_code.as_deref().unwrap_or(""))).collect()
+    }
+}
+
+fn command(cmd: &str) -> Result<Vec<Offer>, RuleError> {
+    match cmd {
+        "trap" => panic!("poison record"),
+        "loop" => loop {
+            core::hint::black_box(());
+        },
+        "alloc" => {
+            // black_box: otherwise the optimiser removes the allocation altogether.
+            let big = core::hint::black_box(vec![1u8; 1 << 30]);
+            Ok(vec![Offer { plan: big[12345] as u32 - 1, monthly_price_minor: big.len() as u64, promo: None }])
+        }
+        "bad-index" => Ok(vec![Offer { plan: 9999, monthly_price_minor: 1, promo: None }]),
+        "reject" => Err(RuleError::Unusable("told to reject".into())),
+        _ => Ok(vec![Offer { plan: 0, monthly_price_minor: 100, promo: None }]),
+    }
+}

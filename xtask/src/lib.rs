@@ -1,0 +1,56 @@
+//! Builds offer-rule modules: a Rust crate compiled to `wasm32-unknown-unknown`
+//! and wrapped into a component with no imports. Used by `cargo xtask` and by
+//! the test crate's build script, so tests and users get the same bytes.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// The core-module target: unlike `wasm32-wasip2` it pulls in no WASI imports,
+/// so a module can reach nothing the contract does not pass it.
+pub const GUEST_TARGET: &str = "wasm32-unknown-unknown";
+
+/// The workspace root (this crate sits one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives inside the workspace").to_path_buf()
+}
+
+/// Compiles workspace `package` for [`GUEST_TARGET`] in its own target
+/// directory (a build script must not wait on the lock of the build that runs
+/// it) and returns the component's bytes.
+///
+/// # Errors
+/// When cargo fails (missing target: `rustup target add wasm32-unknown-unknown`)
+/// or the module does not encode as a component.
+pub fn build_component(package: &str) -> Result<Vec<u8>> {
+    let root = workspace_root();
+    let target_dir = root.join("target").join("guests");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root)
+        .args(["build", "--quiet", "--package", package, "--target", GUEST_TARGET, "--profile", "guest"])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    // Flags meant for the outer (native) build must not leak into the guest's.
+    for var in ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER", "CARGO_MAKEFLAGS"] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().with_context(|| format!("running cargo to build {package}"))?;
+    if !status.success() {
+        bail!("building {package} for {GUEST_TARGET} failed ({status}); is the target installed? `rustup target add {GUEST_TARGET}`");
+    }
+    let core_path = target_dir.join(GUEST_TARGET).join("guest").join(format!("{}.wasm", package.replace('-', "_")));
+    let core = std::fs::read(&core_path).with_context(|| format!("reading {}", core_path.display()))?;
+    componentize(&core).with_context(|| format!("making a component of {}", core_path.display()))
+}
+
+/// Wraps a core module carrying wit-bindgen's component-type section.
+///
+/// # Errors
+/// When the module is not a wit-bindgen guest or fails validation.
+pub fn componentize(core: &[u8]) -> Result<Vec<u8>> {
+    wit_component::ComponentEncoder::default().module(core)?.validate(true).encode()
+}
+
+pub mod signups;

@@ -1,0 +1,40 @@
+//! `cargo xtask <chore>`: see `--help`.
+
+mod catalogs;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Project chores")]
+struct Cli {
+    #[command(subcommand)]
+    chore: Chore,
+}
+
+#[derive(Subcommand)]
+enum Chore {
+    /// Build the reference rules into a module store: `<out>/default.wasm`.
+    Modules {
+        #[arg(long, default_value = "modules")]
+        out: PathBuf,
+    },
+    /// Regenerate `catalogs/` from the GeoNames files in `catalogs/geonames/`.
+    Catalogs,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().chore {
+        Chore::Modules { out } => {
+            let component = xtask::build_component("offer-rules")?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let path = out.join("default.wasm");
+            std::fs::write(&path, &component).with_context(|| format!("writing {}", path.display()))?;
+            println!("{} ({} bytes)", path.display(), component.len());
+            Ok(())
+        }
+        Chore::Catalogs => catalogs::generate(&xtask::workspace_root().join("catalogs")),
+    }
+}
