@@ -104,13 +104,19 @@ impl Catalog {
             return Err(refuse("max_offers", "must be at least 1"));
         }
         if !self.plans.iter().any(|p| p.coverage.is_none() && p.countries.is_empty() && p.postal_prefixes.is_empty()) {
-            return Err(refuse("plans", "no plan without coverage limits: the region needs a fallback deliverable anywhere"));
+            return Err(refuse(
+                "plans",
+                "no plan without coverage limits: the region needs a fallback deliverable anywhere",
+            ));
         }
         for (i, plan) in self.plans.iter().enumerate() {
-            if let Some(c) = plan.coverage {
-                if !(c.max_km.is_finite() && c.max_km > 0.0) {
-                    return Err(refuse(format!("plans[{i}].coverage.max_km"), format!("{} is not a positive distance", c.max_km)));
-                }
+            if let Some(c) = plan.coverage
+                && !(c.max_km.is_finite() && c.max_km > 0.0)
+            {
+                return Err(refuse(
+                    format!("plans[{i}].coverage.max_km"),
+                    format!("{} is not a positive distance", c.max_km),
+                ));
             }
             if plan.down_mbps == 0 || plan.up_mbps == 0 {
                 return Err(refuse(format!("plans[{i}]"), "speeds must be positive"));

@@ -23,8 +23,8 @@ impl wit::Guest for Component {
     }
 
     fn init(catalog: wit::Catalog) -> Result<(), wit::CatalogError> {
-        let rules = rules::Rules::new(from_wit(catalog))
-            .map_err(|e| wit::CatalogError { field: e.field, reason: e.reason })?;
+        let rules =
+            rules::Rules::new(from_wit(catalog)).map_err(|e| wit::CatalogError { field: e.field, reason: e.reason })?;
         RULES.with(|r| *r.borrow_mut() = Some(rules));
         Ok(())
     }
@@ -103,7 +103,11 @@ fn from_wit(c: wit::Catalog) -> catalog::Catalog {
                 coverage: p.coverage.map(|c| catalog::Coverage { max_km: c.max_km, min_population: c.min_population }),
             })
             .collect(),
-        metros: c.metros.into_iter().map(|m| catalog::Metro { lat: m.lat, lon: m.lon, population: m.population }).collect(),
+        metros: c
+            .metros
+            .into_iter()
+            .map(|m| catalog::Metro { lat: m.lat, lon: m.lon, population: m.population })
+            .collect(),
         promos: c
             .promos
             .into_iter()

@@ -4,7 +4,7 @@
 use std::cmp::Reverse;
 
 use crate::catalog::{Catalog, CatalogError, Plan, Promo, Segment};
-use crate::geo::{MetroIndex, Nearby};
+use crate::geo::{MetroIndex, Nearby, chord2_for_km};
 
 /// A validated, routed sign-up. Borrowed: the adapter and the host both hold
 /// the strings already.
@@ -50,6 +50,8 @@ pub struct Rules {
     metros: MetroIndex,
     /// Largest coverage radius of any plan: the one metro query per sign-up.
     max_coverage_km: f64,
+    /// Per plan, its coverage radius as a squared chord (see [`crate::geo`]).
+    coverage_chord2: Vec<f64>,
 }
 
 impl Rules {
@@ -59,7 +61,9 @@ impl Rules {
         catalog.check()?;
         let metros = MetroIndex::new(&catalog.metros);
         let max_coverage_km = catalog.plans.iter().filter_map(|p| p.coverage).map(|c| c.max_km).fold(0.0, f64::max);
-        Ok(Self { catalog, metros, max_coverage_km })
+        let coverage_chord2 =
+            catalog.plans.iter().map(|p| p.coverage.map_or(0.0, |c| chord2_for_km(c.max_km))).collect();
+        Ok(Self { catalog, metros, max_coverage_km, coverage_chord2 })
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -84,7 +88,7 @@ impl Rules {
             .plans
             .iter()
             .enumerate()
-            .filter(|(_, p)| deliverable(p, signup, postal.as_deref(), &nearby))
+            .filter(|(i, p)| deliverable(p, self.coverage_chord2[*i], signup, postal.as_deref(), &nearby))
             .map(|(i, p)| (i as u32, p))
             .collect();
         let mut offers: Vec<(u32, &Plan)> =
@@ -98,9 +102,7 @@ impl Rules {
                 offers.sort_by_key(|(_, p)| (p.technology, Reverse(p.down_mbps), p.monthly_price_minor))
             }
             // Businesses: upload first (backups, video, hosting), then technology.
-            Segment::Business => {
-                offers.sort_by_key(|(_, p)| (Reverse(p.up_mbps), p.technology, p.monthly_price_minor))
-            }
+            Segment::Business => offers.sort_by_key(|(_, p)| (Reverse(p.up_mbps), p.technology, p.monthly_price_minor)),
         }
         offers.truncate(self.catalog.max_offers as usize);
         Ok(offers
@@ -140,7 +142,14 @@ fn normalise_postal_code(code: &str) -> Result<String, Rejection> {
     Ok(code.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_uppercase()).collect())
 }
 
-fn deliverable(plan: &Plan, signup: &SignUp<'_>, postal: Option<&str>, nearby: &[Nearby]) -> bool {
+/// `coverage_chord2`: the plan's coverage radius as a squared chord.
+fn deliverable(
+    plan: &Plan,
+    coverage_chord2: f64,
+    signup: &SignUp<'_>,
+    postal: Option<&str>,
+    nearby: &[Nearby],
+) -> bool {
     if plan.segment.is_some_and(|s| s != signup.segment) {
         return false;
     }
@@ -155,7 +164,7 @@ fn deliverable(plan: &Plan, signup: &SignUp<'_>, postal: Option<&str>, nearby: &
     }
     match plan.coverage {
         None => true,
-        Some(c) => nearby.iter().any(|n| n.population >= c.min_population && n.km <= c.max_km),
+        Some(c) => nearby.iter().any(|n| n.population >= c.min_population && n.chord2 <= coverage_chord2),
     }
 }
 

@@ -12,7 +12,7 @@ use offerd::catalog::{self, Catalogs, RegionCatalog};
 use offerd::engine::{Engine, Limits, Offer, RuleModule};
 use offerd::enricher::{Enricher, Outcome};
 use offerd::module_store::LoadedRules;
-use offerd::record::{self, Reason, RuleRef};
+use offerd::record::{self, OfferEncoder, Reason};
 use offerd::signup::SignUp;
 
 const RECORDS: usize = 20_000;
@@ -26,7 +26,8 @@ fn main() -> anyhow::Result<()> {
     let module = Arc::new(RuleModule::load(&engine, &bytes)?);
     let mut rules = HashMap::new();
     for c in catalogs.regions() {
-        rules.insert(c.region.clone(), Arc::new(offerd::engine::RegionRules::new(module.clone(), Arc::new(c.clone()))?));
+        rules
+            .insert(c.region.clone(), Arc::new(offerd::engine::RegionRules::new(module.clone(), Arc::new(c.clone()))?));
     }
     let wasm = Enricher::new(catalogs.clone(), LoadedRules { rules, unserved: Default::default() });
     let native = Native::new(&catalogs, module.info());
@@ -34,7 +35,10 @@ fn main() -> anyhow::Result<()> {
     let mut generator = xtask::signups::Generator::new(&root.join("catalogs/geonames/cities15000.csv"), 7)?;
     let inputs: Vec<String> = generator.batch(RECORDS, None);
     let avg = inputs.iter().map(String::len).sum::<usize>() / inputs.len();
-    println!("{RECORDS} sign-ups of {avg} bytes on average; limits: {:?}; median of {ROUNDS} rounds", Limits::default());
+    println!(
+        "{RECORDS} sign-ups of {avg} bytes on average; limits: {:?}; median of {ROUNDS} rounds",
+        Limits::default()
+    );
     println!("{:>6}  {:>14}  {:>14}  {:>12}", "batch", "wasm rec/s", "native rec/s", "wasm/native");
     for batch in [1, 100, 500] {
         let (mut w, mut n) = (Vec::new(), Vec::new());
@@ -70,14 +74,18 @@ fn median(mut v: Vec<Duration>) -> Duration {
 /// called as a native library instead of a module.
 struct Native {
     catalogs: Arc<Catalogs>,
-    rules: HashMap<String, offer_rules::Rules>,
-    info: offerd::engine::ModuleInfo,
+    rules: HashMap<String, (offer_rules::Rules, OfferEncoder)>,
 }
 
 impl Native {
     fn new(catalogs: &Arc<Catalogs>, info: &offerd::engine::ModuleInfo) -> Self {
-        let rules = catalogs.regions().map(|c| (c.region.clone(), offer_rules::Rules::new(native_catalog(c)).unwrap())).collect();
-        Self { catalogs: catalogs.clone(), rules, info: info.clone() }
+        let rules = catalogs
+            .regions()
+            .map(|c| {
+                (c.region.clone(), (offer_rules::Rules::new(native_catalog(c)).unwrap(), OfferEncoder::new(c, info)))
+            })
+            .collect();
+        Self { catalogs: catalogs.clone(), rules }
     }
 
     fn enrich(&self, inputs: &[&[u8]]) -> Vec<Outcome> {
@@ -93,7 +101,6 @@ impl Native {
                     }
                 };
                 let region = self.catalogs.route(&signup.country).expect("generated countries are routed");
-                let catalog = self.catalogs.region(region).unwrap();
                 let native = offer_rules::SignUp {
                     country: &signup.country,
                     postal_code: signup.postal_code.as_deref(),
@@ -104,7 +111,8 @@ impl Native {
                     },
                     signed_up_day: signup.signed_up_day,
                 };
-                match self.rules[region].enrich(&native) {
+                let (rules, encoder) = &self.rules[region];
+                match rules.enrich(&native) {
                     Ok(offers) => {
                         let offers: Vec<Offer> = offers
                             .iter()
@@ -114,7 +122,7 @@ impl Native {
                                 promo: o.promo.map(|p| (p.promo as usize, p.monthly_price_minor)),
                             })
                             .collect();
-                        record::write_offers(&mut line, &signup, catalog, &offers, RuleRef::from(&self.info));
+                        encoder.write(&mut line, &signup, &offers);
                         Outcome::Offer(line)
                     }
                     Err(e) => {
@@ -163,10 +171,16 @@ fn native_catalog(c: &RegionCatalog) -> offer_rules::Catalog {
                 monthly_price_minor: p.monthly_price_minor,
                 countries: p.countries.clone(),
                 postal_prefixes: p.postal_prefixes.clone(),
-                coverage: p.coverage.map(|c| offer_rules::Coverage { max_km: c.max_km, min_population: c.min_population }),
+                coverage: p
+                    .coverage
+                    .map(|c| offer_rules::Coverage { max_km: c.max_km, min_population: c.min_population }),
             })
             .collect(),
-        metros: c.metros.iter().map(|m| offer_rules::Metro { lat: m.lat, lon: m.lon, population: m.population }).collect(),
+        metros: c
+            .metros
+            .iter()
+            .map(|m| offer_rules::Metro { lat: m.lat, lon: m.lon, population: m.population })
+            .collect(),
         promos: c
             .promos
             .iter()

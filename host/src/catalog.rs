@@ -205,10 +205,9 @@ impl Catalogs {
         let region = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
         let routing_file = file.with_file_name("regions.toml");
         let mut routing: RegionsFile = parse(&routing_file)?;
-        let entry = routing
-            .regions
-            .remove(&region)
-            .ok_or_else(|| error(&routing_file, "regions", format!("no region {region:?} (named by {})", file.display())))?;
+        let entry = routing.regions.remove(&region).ok_or_else(|| {
+            error(&routing_file, "regions", format!("no region {region:?} (named by {})", file.display()))
+        })?;
         load_region(file, &region, entry.countries)
     }
 
@@ -237,7 +236,8 @@ fn parse<T: for<'de> Deserialize<'de>>(file: &Path) -> Result<T, CatalogError> {
         let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
         line.map(|l| format!(" (line {l})")).unwrap_or_default()
     };
-    let de = toml::Deserializer::parse(&text).map_err(|e| error(file, "-", format!("{}{}", e.message(), at_line(&e))))?;
+    let de =
+        toml::Deserializer::parse(&text).map_err(|e| error(file, "-", format!("{}{}", e.message(), at_line(&e))))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
         let inner = e.into_inner();
@@ -287,13 +287,15 @@ fn load_region(file: &Path, region: &str, countries: Vec<String>) -> Result<Regi
         if let Some(c) = p.countries.iter().find(|c| !served.contains(c.as_str())) {
             return fail(key("countries"), format!("{c:?} is not routed to {region}"));
         }
-        if let Some(prefix) = p.postal_prefixes.iter().find(|x| x.is_empty() || !x.bytes().all(|b| b.is_ascii_alphanumeric())) {
+        if let Some(prefix) =
+            p.postal_prefixes.iter().find(|x| x.is_empty() || !x.bytes().all(|b| b.is_ascii_alphanumeric()))
+        {
             return fail(key("postal_prefixes"), format!("{prefix:?} is not a postal-code prefix"));
         }
-        if let Some(c) = p.coverage {
-            if !(c.max_km.is_finite() && c.max_km > 0.0 && c.max_km <= 20_000.0) {
-                return fail(key("coverage.max_km"), format!("{} is not a distance in (0, 20000] km", c.max_km));
-            }
+        if let Some(c) = p.coverage
+            && !(c.max_km.is_finite() && c.max_km > 0.0 && c.max_km <= 20_000.0)
+        {
+            return fail(key("coverage.max_km"), format!("{} is not a distance in (0, 20000] km", c.max_km));
         }
     }
     for (i, m) in parsed.metros.iter().enumerate() {
@@ -335,13 +337,15 @@ pub(crate) mod day {
 
     /// Days since 1970-01-01 of a UTC date.
     pub fn from_date(date: time::Date) -> i32 {
-        date.to_julian_day() - time::Date::from_calendar_date(1970, time::Month::January, 1).map_or(0, |d| d.to_julian_day())
+        date.to_julian_day()
+            - time::Date::from_calendar_date(1970, time::Month::January, 1).map_or(0, |d| d.to_julian_day())
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<i32, D::Error> {
         let text = String::deserialize(de)?;
         let format = time::format_description::well_known::Iso8601::DATE;
-        let date = time::Date::parse(&text, &format).map_err(|e| D::Error::custom(format!("{text:?} is not a YYYY-MM-DD date: {e}")))?;
+        let date = time::Date::parse(&text, &format)
+            .map_err(|e| D::Error::custom(format!("{text:?} is not a YYYY-MM-DD date: {e}")))?;
         Ok(from_date(date))
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -20,7 +20,11 @@ use crate::{golden, module_store};
 const EXIT_SETUP: u8 = 2;
 
 #[derive(Parser)]
-#[command(name = "offerd", version, about = "Enriches sign-ups with regional offers computed by WebAssembly rule modules")]
+#[command(
+    name = "offerd",
+    version,
+    about = "Enriches sign-ups with regional offers computed by WebAssembly rule modules"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -47,7 +51,10 @@ struct LimitArgs {
 
 impl LimitArgs {
     fn engine(&self) -> anyhow::Result<Engine> {
-        Engine::new(Limits { call_timeout: Duration::from_millis(self.call_timeout_ms), memory_bytes: self.memory_limit_mib << 20 })
+        Engine::new(Limits {
+            call_timeout: Duration::from_millis(self.call_timeout_ms),
+            memory_bytes: self.memory_limit_mib << 20,
+        })
     }
 }
 
@@ -95,9 +102,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("OFFERD_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .with_ansi(io::stderr().is_terminal())
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("OFFERD_LOG").unwrap_or_else(|_| "info".into()))
         .init();
     let result = match cli.command {
         Command::Enrich(args) => enrich(&args),
@@ -123,7 +129,9 @@ fn enrich(args: &EnrichArgs) -> anyhow::Result<ExitCode> {
     let enricher = Enricher::new(catalogs, loaded);
 
     let input: Box<dyn BufRead> = match &args.input {
-        Some(path) => Box::new(BufReader::new(File::open(path).with_context(|| format!("opening {}", path.display()))?)),
+        Some(path) => {
+            Box::new(BufReader::new(File::open(path).with_context(|| format!("opening {}", path.display()))?))
+        }
         None => Box::new(io::stdin().lock()),
     };
     let mut output = BufWriter::new(match &args.output {

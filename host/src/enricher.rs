@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::catalog::Catalogs;
 use crate::engine::{FailureKind, RegionRules};
 use crate::module_store::LoadedRules;
-use crate::record::{self, Reason, RuleRef};
+use crate::record::{self, OfferEncoder, Reason, RuleRef};
 use crate::signup::SignUp;
 
 /// What became of one input record: a JSON line (without newline).
@@ -22,6 +22,15 @@ pub enum Outcome {
 pub struct Enricher {
     catalogs: Arc<Catalogs>,
     loaded: LoadedRules,
+    /// Per region, for the module that serves it.
+    encoders: HashMap<String, OfferEncoder>,
+}
+
+/// One region's share of a batch: the input positions and their sign-ups.
+struct RegionBatch<'r, 'a> {
+    rules: &'r Arc<RegionRules>,
+    positions: Vec<usize>,
+    signups: Vec<SignUp<'a>>,
 }
 
 /// Where a decoded record goes, or why it goes nowhere.
@@ -32,7 +41,12 @@ enum Route<'a> {
 
 impl Enricher {
     pub fn new(catalogs: Arc<Catalogs>, loaded: LoadedRules) -> Self {
-        Self { catalogs, loaded }
+        let encoders = loaded
+            .rules
+            .iter()
+            .map(|(region, rules)| (region.clone(), OfferEncoder::new(rules.catalog(), rules.module().info())))
+            .collect();
+        Self { catalogs, loaded, encoders }
     }
 
     pub fn rules(&self) -> &HashMap<String, Arc<RegionRules>> {
@@ -43,7 +57,7 @@ impl Enricher {
     /// to its module in one call.
     pub fn enrich(&self, inputs: &[&[u8]]) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; inputs.len()];
-        let mut by_region: HashMap<&str, (&Arc<RegionRules>, Vec<usize>, Vec<SignUp<'_>>)> = HashMap::new();
+        let mut by_region: HashMap<&str, RegionBatch<'_, '_>> = HashMap::new();
         for (i, input) in inputs.iter().enumerate() {
             let signup = match SignUp::decode(input) {
                 Ok(s) => s,
@@ -54,22 +68,27 @@ impl Enricher {
             };
             match self.route(&signup) {
                 Route::Rules(rules) => {
-                    let entry = by_region.entry(&rules.catalog().region).or_insert_with(|| (rules, Vec::new(), Vec::new()));
-                    entry.1.push(i);
-                    entry.2.push(signup);
+                    let share = by_region.entry(&rules.catalog().region).or_insert_with(|| RegionBatch {
+                        rules,
+                        positions: Vec::new(),
+                        signups: Vec::new(),
+                    });
+                    share.positions.push(i);
+                    share.signups.push(signup);
                 }
                 Route::Unknown(why) => outcomes[i] = Some(dead(Reason::UnknownRegion, &why, None, input)),
             }
         }
-        for (rules, indices, signups) in by_region.into_values() {
+        for RegionBatch { rules, positions, signups } in by_region.into_values() {
             let batch: Vec<&SignUp<'_>> = signups.iter().collect();
             let results = rules.enrich(&batch);
             let info = rules.module().info();
-            for ((i, signup), result) in indices.into_iter().zip(&signups).zip(results) {
+            let encoder = &self.encoders[&rules.catalog().region];
+            for ((i, signup), result) in positions.into_iter().zip(&signups).zip(results) {
                 outcomes[i] = Some(match result {
                     Ok(offers) => {
                         let mut line = Vec::with_capacity(512);
-                        record::write_offers(&mut line, signup, rules.catalog(), &offers, RuleRef::from(info));
+                        encoder.write(&mut line, signup, &offers);
                         Outcome::Offer(line)
                     }
                     Err(failure) => {
@@ -90,7 +109,9 @@ impl Enricher {
     fn route(&self, signup: &SignUp<'_>) -> Route<'_> {
         let region = match &signup.region {
             Some(region) if self.catalogs.region(region).is_none() => {
-                return Route::Unknown(format!("region {region:?} (given by the record) is not defined in regions.toml"));
+                return Route::Unknown(format!(
+                    "region {region:?} (given by the record) is not defined in regions.toml"
+                ));
             }
             Some(region) => region.as_ref(),
             None => match self.catalogs.route(&signup.country) {

@@ -38,7 +38,10 @@ pub enum Expect {
 pub enum ExpectedOffer {
     Plan(String),
     #[serde(rename_all = "snake_case")]
-    WithPromo { plan_id: String, promo: Option<String> },
+    WithPromo {
+        plan_id: String,
+        promo: Option<String>,
+    },
 }
 
 #[derive(Deserialize)]
@@ -65,7 +68,8 @@ pub fn load(files: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, Case)>> {
     let mut cases = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(file).with_context(|| format!("reading case file {}", file.display()))?;
-        let parsed: CaseFile = serde_json::from_str(&text).with_context(|| format!("{} is not a golden-case file", file.display()))?;
+        let parsed: CaseFile =
+            serde_json::from_str(&text).with_context(|| format!("{} is not a golden-case file", file.display()))?;
         match parsed {
             CaseFile::One(case) => cases.push((file.clone(), case)),
             CaseFile::Many(many) => cases.extend(many.into_iter().map(|c| (file.clone(), c))),
@@ -90,7 +94,9 @@ fn check(rules: &RegionRules, case: &Case) -> Result<(), String> {
         (Expect::Offers(expected), Ok(offers)) => compare_offers(rules, expected, &offers),
         (Expect::Rejected(expected), Err(f)) if f.kind == FailureKind::Rejected(static_case(expected)) => Ok(()),
         (Expect::Offers(_), Err(f)) => Err(format!("expected offers, got {:?}: {}", f.kind, f.detail)),
-        (Expect::Rejected(expected), Err(f)) => Err(format!("expected rejection {expected:?}, got {:?}: {}", f.kind, f.detail)),
+        (Expect::Rejected(expected), Err(f)) => {
+            Err(format!("expected rejection {expected:?}, got {:?}: {}", f.kind, f.detail))
+        }
         (Expect::Rejected(expected), Ok(offers)) => {
             Err(format!("expected rejection {expected:?}, got offers [{}]", plan_ids(rules, &offers).join(", ")))
         }

@@ -46,71 +46,102 @@ impl<'a> From<&'a ModuleInfo> for RuleRef<'a> {
     }
 }
 
-#[derive(Serialize)]
-struct Money<'a> {
-    amount_minor: u64,
-    currency: &'a str,
+/// Writes offer records for one region and module. Everything that does not
+/// vary per record (plan and promo fields, the rule reference) is encoded once
+/// here; a record costs only its user id, country and prices. Field order and
+/// content are those of the documented offer record.
+pub struct OfferEncoder {
+    /// `{"plan_id":…,"name":…,"technology":…,"down_mbps":…,"up_mbps":…,` per plan.
+    plans: Vec<Box<str>>,
+    /// `{"id":…,"name":…,"percent_off":…,"months":…,` per promo.
+    promos: Vec<Box<str>>,
+    /// `,"region":"…","country":` — the region is fixed, the country follows.
+    region: Box<str>,
+    /// `"currency":"…"}` closing every money object.
+    currency: Box<str>,
+    /// `,"rule":{…}}` closing the record.
+    rule: Box<str>,
 }
 
-#[derive(Serialize)]
-struct PromoOut<'a> {
-    id: &'a str,
-    name: &'a str,
-    percent_off: u8,
-    months: u8,
-    monthly_price: Money<'a>,
+fn json(value: &impl Serialize) -> String {
+    serde_json::to_string(value).expect("serialising strings and numbers cannot fail")
 }
 
-#[derive(Serialize)]
-struct OfferOut<'a> {
-    plan_id: &'a str,
-    name: &'a str,
-    technology: &'static str,
-    down_mbps: u32,
-    up_mbps: u32,
-    monthly_price: Money<'a>,
-    promo: Option<PromoOut<'a>>,
-}
+impl OfferEncoder {
+    pub fn new(catalog: &RegionCatalog, info: &ModuleInfo) -> Self {
+        let plans = catalog
+            .plans
+            .iter()
+            .map(|p| {
+                format!(
+                    r#"{{"plan_id":{},"name":{},"technology":"{}","down_mbps":{},"up_mbps":{},"#,
+                    json(&p.id),
+                    json(&p.name),
+                    p.technology.as_str(),
+                    p.down_mbps,
+                    p.up_mbps
+                )
+                .into()
+            })
+            .collect();
+        let promos = catalog
+            .promos
+            .iter()
+            .map(|p| {
+                format!(
+                    r#"{{"id":{},"name":{},"percent_off":{},"months":{},"#,
+                    json(&p.id),
+                    json(&p.name),
+                    p.percent_off,
+                    p.months
+                )
+                .into()
+            })
+            .collect();
+        Self {
+            plans,
+            promos,
+            region: format!(r#","region":{},"country":"#, json(&catalog.region)).into(),
+            currency: format!(r#""currency":{}}}"#, json(&catalog.currency)).into(),
+            rule: format!(r#","rule":{}}}"#, json(&RuleRef::from(info))).into(),
+        }
+    }
 
-#[derive(Serialize)]
-struct OfferRecord<'a> {
-    user_id: &'a str,
-    region: &'a str,
-    country: &'a str,
-    offers: Vec<OfferOut<'a>>,
-    rule: RuleRef<'a>,
-}
-
-/// Appends one offer record as a JSON line (without the newline).
-pub fn write_offers(out: &mut Vec<u8>, signup: &SignUp<'_>, catalog: &RegionCatalog, offers: &[Offer], rule: RuleRef<'_>) {
-    let currency = catalog.currency.as_str();
-    let offers = offers
-        .iter()
-        .map(|o| {
-            // Indices were checked against this catalog by the engine.
-            let plan = &catalog.plans[o.plan];
-            OfferOut {
-                plan_id: &plan.id,
-                name: &plan.name,
-                technology: plan.technology.as_str(),
-                down_mbps: plan.down_mbps,
-                up_mbps: plan.up_mbps,
-                monthly_price: Money { amount_minor: o.monthly_price_minor, currency },
-                promo: o.promo.map(|(i, price)| {
-                    let promo = &catalog.promos[i];
-                    PromoOut {
-                        id: &promo.id,
-                        name: &promo.name,
-                        percent_off: promo.percent_off,
-                        months: promo.months,
-                        monthly_price: Money { amount_minor: price, currency },
-                    }
-                }),
+    /// Appends one offer record as a JSON line (without the newline).
+    /// Indices in `offers` were checked against the catalog by the engine.
+    pub fn write(&self, out: &mut Vec<u8>, signup: &SignUp<'_>, offers: &[Offer]) {
+        out.extend_from_slice(br#"{"user_id":"#);
+        serde_json::to_writer(&mut *out, signup.user_id.as_ref()).expect("writing to a Vec cannot fail");
+        out.extend_from_slice(self.region.as_bytes());
+        serde_json::to_writer(&mut *out, signup.country.as_ref()).expect("writing to a Vec cannot fail");
+        out.extend_from_slice(br#","offers":["#);
+        for (i, offer) in offers.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
             }
-        })
-        .collect();
-    let record = OfferRecord { user_id: &signup.user_id, region: &catalog.region, country: &signup.country, offers, rule };
-    serde_json::to_writer(out, &record).expect("serialising plain structs to a Vec cannot fail");
+            out.extend_from_slice(self.plans[offer.plan].as_bytes());
+            self.money(out, br#""monthly_price":"#, offer.monthly_price_minor);
+            match offer.promo {
+                None => out.extend_from_slice(br#","promo":null}"#),
+                Some((promo, price)) => {
+                    out.extend_from_slice(br#","promo":"#);
+                    out.extend_from_slice(self.promos[promo].as_bytes());
+                    self.money(out, br#""monthly_price":"#, price);
+                    out.extend_from_slice(b"}}");
+                }
+            }
+        }
+        out.push(b']');
+        out.extend_from_slice(self.rule.as_bytes());
+    }
+
+    fn money(&self, out: &mut Vec<u8>, key: &[u8], amount_minor: u64) {
+        out.extend_from_slice(key);
+        out.extend_from_slice(br#"{"amount_minor":"#);
+        out.extend_from_slice(itoa::Buffer::new().format(amount_minor).as_bytes());
+        out.push(b',');
+        out.extend_from_slice(self.currency.as_bytes());
+    }
 }
 
 #[derive(Serialize)]
@@ -137,3 +168,6 @@ pub fn write_dead_letter(out: &mut Vec<u8>, reason: Reason, detail: &str, rule: 
     let letter = DeadLetter { reason, detail, rule, input, input_encoding };
     serde_json::to_writer(out, &letter).expect("serialising plain structs to a Vec cannot fail");
 }
+
+#[cfg(test)]
+mod tests;

@@ -110,7 +110,8 @@ impl<'a> SignUp<'a> {
             None => None,
             Some(at) => {
                 let format = time::format_description::well_known::Rfc3339;
-                let time = time::OffsetDateTime::parse(&at, &format).map_err(|_| InvalidRecord::BadTime(at.to_string()))?;
+                let time =
+                    time::OffsetDateTime::parse(&at, &format).map_err(|_| InvalidRecord::BadTime(at.to_string()))?;
                 Some(day::from_date(time.to_offset(time::UtcOffset::UTC).date()))
             }
         };
@@ -152,23 +153,40 @@ mod tests {
 
     #[test]
     fn signup_time_is_taken_in_utc() {
-        let s = decode(r#"{"user_id": "u", "location": {"country": "JP"}, "signed_up_at": "2026-11-26T01:00:00+09:00"}"#).unwrap();
+        let s =
+            decode(r#"{"user_id": "u", "location": {"country": "JP"}, "signed_up_at": "2026-11-26T01:00:00+09:00"}"#)
+                .unwrap();
         assert_eq!(s.signed_up_day, Some(20_782));
     }
 
     #[test]
     fn each_bad_input_gets_its_own_reason() {
-        let cases: &[(&[u8], fn(&InvalidRecord) -> bool)] = &[
+        type Expectation = fn(&InvalidRecord) -> bool;
+        let cases: &[(&[u8], Expectation)] = &[
             (b"not json", |e| matches!(e, InvalidRecord::NotJson(_))),
             (b"[1, 2]", |e| matches!(e, InvalidRecord::NotJson(_))),
-            (br#"{"location": {"country": "DE"}}"#, |e| matches!(e, InvalidRecord::NotJson(m) if m.contains("user_id"))),
+            (
+                br#"{"location": {"country": "DE"}}"#,
+                |e| matches!(e, InvalidRecord::NotJson(m) if m.contains("user_id")),
+            ),
             (br#"{"user_id": " ", "location": {"country": "DE"}}"#, |e| *e == InvalidRecord::EmptyUserId),
             (br#"{"user_id": "u", "location": {"country": "Germany"}}"#, |e| matches!(e, InvalidRecord::BadCountry(_))),
-            (br#"{"user_id": "u", "location": {"country": "DE", "lat": 1.0}}"#, |e| *e == InvalidRecord::HalfCoordinates("lat", "lon")),
-            (br#"{"user_id": "u", "location": {"country": "DE", "lat": 91.0, "lon": 0}}"#, |e| matches!(e, InvalidRecord::CoordinateOutOfRange("lat", _))),
-            (br#"{"user_id": "u", "location": {"country": "DE", "lat": 0, "lon": -181}}"#, |e| matches!(e, InvalidRecord::CoordinateOutOfRange("lon", _))),
-            (br#"{"user_id": "u", "location": {"country": "DE"}, "segment": "enterprise"}"#, |e| matches!(e, InvalidRecord::NotJson(m) if m.contains("enterprise"))),
-            (br#"{"user_id": "u", "location": {"country": "DE"}, "signed_up_at": "yesterday"}"#, |e| matches!(e, InvalidRecord::BadTime(_))),
+            (br#"{"user_id": "u", "location": {"country": "DE", "lat": 1.0}}"#, |e| {
+                *e == InvalidRecord::HalfCoordinates("lat", "lon")
+            }),
+            (br#"{"user_id": "u", "location": {"country": "DE", "lat": 91.0, "lon": 0}}"#, |e| {
+                matches!(e, InvalidRecord::CoordinateOutOfRange("lat", _))
+            }),
+            (br#"{"user_id": "u", "location": {"country": "DE", "lat": 0, "lon": -181}}"#, |e| {
+                matches!(e, InvalidRecord::CoordinateOutOfRange("lon", _))
+            }),
+            (
+                br#"{"user_id": "u", "location": {"country": "DE"}, "segment": "enterprise"}"#,
+                |e| matches!(e, InvalidRecord::NotJson(m) if m.contains("enterprise")),
+            ),
+            (br#"{"user_id": "u", "location": {"country": "DE"}, "signed_up_at": "yesterday"}"#, |e| {
+                matches!(e, InvalidRecord::BadTime(_))
+            }),
             (b"{\"user_id\": \"\xff\"}", |e| matches!(e, InvalidRecord::NotUtf8(_))),
         ];
         for (input, expected) in cases {

@@ -7,7 +7,9 @@ use serde_json::Value;
 use super::{catalogs, lines, offerd, store_with};
 
 fn signup(user: &str, country: &str, extra: &str) -> String {
-    format!(r#"{{"user_id": "{user}", "location": {{"country": "{country}"{extra}}}, "signed_up_at": "2026-11-25T17:00:00Z"}}"#)
+    format!(
+        r#"{{"user_id": "{user}", "location": {{"country": "{country}"{extra}}}, "signed_up_at": "2026-11-25T17:00:00Z"}}"#
+    )
 }
 
 /// Good records from several regions, and one of every kind of bad input.
@@ -54,9 +56,19 @@ fn every_line_becomes_one_offer_or_one_dead_letter_with_its_reason() {
     let (out, dead) = (dir.path().join("out.jsonl"), dir.path().join("dead.jsonl"));
     let run = offerd(
         &[
-            "enrich", "--modules", store.path().to_str().unwrap(), "--catalogs", catalogs().to_str().unwrap(),
-            "--input", input_path.to_str().unwrap(), "--output", out.to_str().unwrap(),
-            "--dead-letters", dead.to_str().unwrap(), "--batch-size", "4",
+            "enrich",
+            "--modules",
+            store.path().to_str().unwrap(),
+            "--catalogs",
+            catalogs().to_str().unwrap(),
+            "--input",
+            input_path.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--dead-letters",
+            dead.to_str().unwrap(),
+            "--batch-size",
+            "4",
         ],
         b"",
     );
@@ -87,7 +99,8 @@ fn every_line_becomes_one_offer_or_one_dead_letter_with_its_reason() {
     for d in &dead {
         assert!(!d["detail"].as_str().unwrap().is_empty(), "{d}");
     }
-    let not_utf8 = dead.iter().find(|d| d["input_encoding"] == "base64").expect("the invalid UTF-8 line is kept as base64");
+    let not_utf8 =
+        dead.iter().find(|d| d["input_encoding"] == "base64").expect("the invalid UTF-8 line is kept as base64");
     assert!(not_utf8["detail"].as_str().unwrap().contains("UTF-8"));
     let huge = dead.iter().find(|d| d["input"].as_str().is_some_and(|i| i.contains("\"huge\""))).unwrap();
     assert!(huge["detail"].as_str().unwrap().contains("limit is 65536"), "{}", huge["detail"]);
@@ -105,7 +118,15 @@ fn module_faults_become_dead_letters_and_the_run_goes_on() {
         .map(|(i, cmd)| format!("{}\n", signup(&format!("u{i}"), "DE", &format!(r#", "postal_code": "{cmd}""#))))
         .collect();
     let run = offerd(
-        &["enrich", "--modules", store.path().to_str().unwrap(), "--catalogs", catalogs().to_str().unwrap(), "--call-timeout-ms", "50"],
+        &[
+            "enrich",
+            "--modules",
+            store.path().to_str().unwrap(),
+            "--catalogs",
+            catalogs().to_str().unwrap(),
+            "--call-timeout-ms",
+            "50",
+        ],
         input.as_bytes(),
     );
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
@@ -134,16 +155,30 @@ fn an_unusable_setup_stops_with_a_message_that_says_what_and_where() {
     let run = offerd(&["enrich", "--modules", garbage.path().to_str().unwrap(), "--catalogs", cat], b"");
     assert_eq!(run.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(stderr.contains("no module loads") && stderr.contains("default.wasm: not a WebAssembly component"), "{stderr}");
+    assert!(
+        stderr.contains("no module loads") && stderr.contains("default.wasm: not a WebAssembly component"),
+        "{stderr}"
+    );
 
     let store = store_with("reference");
     let bad = tempfile::tempdir().unwrap();
-    for f in ["regions.toml", "europe.toml", "north-america.toml", "south-america.toml", "asia-pacific.toml", "middle-east-africa.toml"] {
+    for f in [
+        "regions.toml",
+        "europe.toml",
+        "north-america.toml",
+        "south-america.toml",
+        "asia-pacific.toml",
+        "middle-east-africa.toml",
+    ] {
         std::fs::copy(catalogs().join(f), bad.path().join(f)).unwrap();
     }
-    let broken = std::fs::read_to_string(bad.path().join("europe.toml")).unwrap().replacen("up_mbps = 100", "up_mbps = -1", 1);
+    let broken =
+        std::fs::read_to_string(bad.path().join("europe.toml")).unwrap().replacen("up_mbps = 100", "up_mbps = -1", 1);
     std::fs::write(bad.path().join("europe.toml"), broken).unwrap();
-    let run = offerd(&["enrich", "--modules", store.path().to_str().unwrap(), "--catalogs", bad.path().to_str().unwrap()], b"");
+    let run = offerd(
+        &["enrich", "--modules", store.path().to_str().unwrap(), "--catalogs", bad.path().to_str().unwrap()],
+        b"",
+    );
     assert_eq!(run.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("europe.toml: plans[0].up_mbps: invalid value"), "{stderr}");

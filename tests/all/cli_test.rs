@@ -19,7 +19,14 @@ fn the_guests_golden_cases_pass_in_every_region() {
         let catalog = repo(&format!("catalogs/{region}.toml"));
         let cases = repo(&format!("guest/cases/{region}.json"));
         let out = offerd(
-            &["test", "--module", module.to_str().unwrap(), "--catalog", catalog.to_str().unwrap(), cases.to_str().unwrap()],
+            &[
+                "test",
+                "--module",
+                module.to_str().unwrap(),
+                "--catalog",
+                catalog.to_str().unwrap(),
+                cases.to_str().unwrap(),
+            ],
             b"",
         );
         let stdout = String::from_utf8_lossy(&out.stdout);

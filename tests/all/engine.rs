@@ -26,7 +26,9 @@ fn europe(module: RuleModule) -> RegionRules {
 fn commands(cmds: &[&str]) -> Vec<Vec<u8>> {
     cmds.iter()
         .enumerate()
-        .map(|(i, c)| format!(r#"{{"user_id": "u{i}", "location": {{"country": "DE", "postal_code": "{c}"}}}}"#).into_bytes())
+        .map(|(i, c)| {
+            format!(r#"{{"user_id": "u{i}", "location": {{"country": "DE", "postal_code": "{c}"}}}}"#).into_bytes()
+        })
         .collect()
 }
 

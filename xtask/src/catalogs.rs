@@ -26,11 +26,41 @@ struct Region {
 }
 
 const REGIONS: &[Region] = &[
-    Region { name: "europe", prefix: "eu", currency: "EUR", price_factor: 1.0, city_fiber: ("DE", "Berlin", &["10", "12", "13", "14"]) },
-    Region { name: "north-america", prefix: "na", currency: "USD", price_factor: 1.1, city_fiber: ("US", "New York", &["100", "101", "102", "103", "104", "112"]) },
-    Region { name: "south-america", prefix: "sa", currency: "BRL", price_factor: 5.5, city_fiber: ("BR", "São Paulo", &["01", "02", "03", "04", "05", "08"]) },
-    Region { name: "asia-pacific", prefix: "ap", currency: "SGD", price_factor: 1.5, city_fiber: ("JP", "Tokyo", &["100", "101", "102", "103", "104", "105", "106", "107", "108"]) },
-    Region { name: "middle-east-africa", prefix: "mea", currency: "USD", price_factor: 0.9, city_fiber: ("ZA", "Johannesburg", &["20", "21"]) },
+    Region {
+        name: "europe",
+        prefix: "eu",
+        currency: "EUR",
+        price_factor: 1.0,
+        city_fiber: ("DE", "Berlin", &["10", "12", "13", "14"]),
+    },
+    Region {
+        name: "north-america",
+        prefix: "na",
+        currency: "USD",
+        price_factor: 1.1,
+        city_fiber: ("US", "New York", &["100", "101", "102", "103", "104", "112"]),
+    },
+    Region {
+        name: "south-america",
+        prefix: "sa",
+        currency: "BRL",
+        price_factor: 5.5,
+        city_fiber: ("BR", "São Paulo", &["01", "02", "03", "04", "05", "08"]),
+    },
+    Region {
+        name: "asia-pacific",
+        prefix: "ap",
+        currency: "SGD",
+        price_factor: 1.5,
+        city_fiber: ("JP", "Tokyo", &["100", "101", "102", "103", "104", "105", "106", "107", "108"]),
+    },
+    Region {
+        name: "middle-east-africa",
+        prefix: "mea",
+        currency: "USD",
+        price_factor: 0.9,
+        city_fiber: ("ZA", "Johannesburg", &["20", "21"]),
+    },
 ];
 
 fn region_of(iso: &str, continent: &str) -> &'static str {
@@ -58,7 +88,18 @@ struct Template {
     coverage: Option<(f64, u64)>,
 }
 
-const fn t(key: &'static str, name: &'static str, technology: &'static str, business: bool, down: u32, up: u32, eur: f64, coverage: Option<(f64, u64)>) -> Template {
+/// One row of the price list; positional so the table reads as a table.
+#[allow(clippy::too_many_arguments)]
+const fn t(
+    key: &'static str,
+    name: &'static str,
+    technology: &'static str,
+    business: bool,
+    down: u32,
+    up: u32,
+    eur: f64,
+    coverage: Option<(f64, u64)>,
+) -> Template {
     Template { key, name, technology, business, down, up, eur, coverage }
 }
 
@@ -133,11 +174,13 @@ pub fn generate(dir: &Path) -> Result<()> {
         writeln!(regions, "\n[regions.{}]\ncountries = [{}]", region.name, codes.join(", "))?;
 
         let iso: Vec<&str> = members.iter().map(|c| c.iso.as_str()).collect();
-        let mut metros: Vec<&City> =
-            cities.iter().filter(|c| c.population >= METRO_MIN_POPULATION && iso.contains(&c.country.as_str())).collect();
-        metros.sort_by(|a, b| b.population.cmp(&a.population));
+        let mut metros: Vec<&City> = cities
+            .iter()
+            .filter(|c| c.population >= METRO_MIN_POPULATION && iso.contains(&c.country.as_str()))
+            .collect();
+        metros.sort_by_key(|c| std::cmp::Reverse(c.population));
         let mut biggest: Vec<&&Country> = members.iter().collect();
-        biggest.sort_by(|a, b| b.population.cmp(&a.population));
+        biggest.sort_by_key(|c| std::cmp::Reverse(c.population));
         std::fs::write(dir.join(format!("{}.toml", region.name)), catalog(region, &biggest[..3], &metros)?)
             .with_context(|| format!("writing the {} catalog", region.name))?;
         println!("{}: {} countries, {} metros", region.name, members.len(), metros.len());
@@ -156,12 +199,22 @@ fn catalog(region: &Region, biggest: &[&&Country], metros: &[&City]) -> Result<S
         writeln!(
             out,
             "  {{ name = {}, country = {}, lat = {}, lon = {}, population = {} }},",
-            toml_str(&m.name), toml_str(&m.country), m.lat, m.lon, m.population
+            toml_str(&m.name),
+            toml_str(&m.country),
+            m.lat,
+            m.lon,
+            m.population
         )?;
     }
     writeln!(out, "]")?;
     let mut plan = |id: String, name: &str, tpl: &Template, extra: &str| -> Result<()> {
-        writeln!(out, "\n[[plans]]\nid = {}\nname = {}\ntechnology = {:?}", toml_str(&id), toml_str(name), tpl.technology)?;
+        writeln!(
+            out,
+            "\n[[plans]]\nid = {}\nname = {}\ntechnology = {:?}",
+            toml_str(&id),
+            toml_str(name),
+            tpl.technology
+        )?;
         writeln!(out, "segment = {:?}", if tpl.business { "business" } else { "residential" })?;
         writeln!(out, "down_mbps = {}\nup_mbps = {}", tpl.down, tpl.up)?;
         writeln!(out, "monthly_price_minor = {}", price_minor(tpl.eur, region.price_factor))?;

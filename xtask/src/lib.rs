@@ -33,16 +33,45 @@ pub fn build_component(package: &str) -> Result<Vec<u8>> {
         .arg("--target-dir")
         .arg(&target_dir);
     // Flags meant for the outer (native) build must not leak into the guest's.
-    for var in ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER", "CARGO_MAKEFLAGS"] {
+    for var in
+        ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER", "CARGO_MAKEFLAGS"]
+    {
         cmd.env_remove(var);
     }
     let status = cmd.status().with_context(|| format!("running cargo to build {package}"))?;
     if !status.success() {
-        bail!("building {package} for {GUEST_TARGET} failed ({status}); is the target installed? `rustup target add {GUEST_TARGET}`");
+        bail!(
+            "building {package} for {GUEST_TARGET} failed ({status}); is the target installed? `rustup target add {GUEST_TARGET}`"
+        );
     }
     let core_path = target_dir.join(GUEST_TARGET).join("guest").join(format!("{}.wasm", package.replace('-', "_")));
     let core = std::fs::read(&core_path).with_context(|| format!("reading {}", core_path.display()))?;
     componentize(&core).with_context(|| format!("making a component of {}", core_path.display()))
+}
+
+/// Adds [`GUEST_TARGET`] through rustup; a no-op when it is installed.
+///
+/// # Errors
+/// rustup is missing or fails.
+pub fn ensure_guest_target() -> Result<()> {
+    let status = Command::new("rustup").args(["target", "add", GUEST_TARGET]).status().context("running rustup")?;
+    if !status.success() {
+        bail!("`rustup target add {GUEST_TARGET}` failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs cargo in the workspace root with `args`, failing on a non-zero exit.
+///
+/// # Errors
+/// cargo cannot start or exits non-zero.
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo).current_dir(workspace_root()).args(args).status()?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
 }
 
 /// Wraps a core module carrying wit-bindgen's component-type section.

@@ -1,6 +1,7 @@
 //! `cargo xtask <chore>`: see `--help`.
 
 mod catalogs;
+mod demo;
 
 use std::path::PathBuf;
 
@@ -23,6 +24,15 @@ enum Chore {
     },
     /// Regenerate `catalogs/` from the GeoNames files in `catalogs/geonames/`.
     Catalogs,
+    /// The main job end to end on local defaults: build the module, generate
+    /// sign-ups (some malformed), enrich them, summarise.
+    Demo {
+        /// How many sign-ups to generate.
+        #[arg(long, default_value_t = 5000)]
+        signups: usize,
+    },
+    /// The whole test suite, as CI runs it: format, lints, every test.
+    Test,
 }
 
 fn main() -> Result<()> {
@@ -36,5 +46,15 @@ fn main() -> Result<()> {
             Ok(())
         }
         Chore::Catalogs => catalogs::generate(&xtask::workspace_root().join("catalogs")),
+        Chore::Demo { signups } => demo::run(signups),
+        Chore::Test => test(),
     }
+}
+
+/// Installs the guest target if rustup is there, then runs the checks in order.
+fn test() -> Result<()> {
+    xtask::ensure_guest_target()?;
+    xtask::cargo(&["fmt", "--all", "--check"])?;
+    xtask::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    xtask::cargo(&["test", "--workspace"])
 }

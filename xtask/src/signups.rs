@@ -68,7 +68,7 @@ impl Generator {
         let postal = format!("{:05}", self.rng.u32(0..100_000));
         let minute = self.rng.u32(0..1440);
         format!(
-            r#"{{"user_id":"u-{:08}","email":"user{}@example.com","location":{{"country":"{}","city":{},"postal_code":"{postal}","lat":{lat:.5},"lon":{lon:.5}}},"segment":"{segment}","signed_up_at":"2026-11-25T{:02}:{:02}:00Z","channel":"web"}}"#,
+            r#"{{"user_id":"u-{:08}","email":"user{}@example.com","location":{{"country":"{}","city":{},"postal_code":"{postal}","lat":{lat:.5},"lon":{lon:.5}}},"segment":"{segment}","signed_up_at":"2026-11-25T{:02}:{:02}:00Z","channel":"web","marketing_opt_in":false,"referrer":"newsletter"}}"#,
             self.next_user,
             self.next_user,
             city.country,

@@ -63,17 +63,47 @@ fn single_region_file_takes_its_countries_from_regions_toml() {
 #[test]
 fn bad_catalogs_name_file_key_and_reason() {
     let cases: &[(&str, &str, &str, &str, &str)] = &[
-        ("europe.toml", "max_offers = 5", "max_offers = 5\nfavourite_colour = \"blue\"", "favourite_colour", "unknown field"),
+        (
+            "europe.toml",
+            "max_offers = 5",
+            "max_offers = 5\nfavourite_colour = \"blue\"",
+            "favourite_colour",
+            "unknown field",
+        ),
         ("europe.toml", "down_mbps = 300\n", "down_mbps = \"fast\"\n", "plans[0].down_mbps", "invalid type"),
         ("europe.toml", "id = \"eu-fiber-1000\"", "id = \"eu-fiber-300\"", "plans[1].id", "used twice"),
         ("europe.toml", "currency = \"EUR\"", "currency = \"euro\"", "currency", "ISO 4217"),
-        ("europe.toml", "technology = \"fiber\"", "technology = \"carrier-pigeon\"", "plans[0].technology", "unknown variant"),
+        (
+            "europe.toml",
+            "technology = \"fiber\"",
+            "technology = \"carrier-pigeon\"",
+            "plans[0].technology",
+            "unknown variant",
+        ),
         ("europe.toml", "countries = [\"RU\"]", "countries = [\"US\"]", "plans[19].countries", "not routed to europe"),
         ("europe.toml", "percent_off = 25", "percent_off = 0", "promos[0].percent_off", "1..=100"),
-        ("europe.toml", "valid_from = \"2026-01-01\"", "valid_from = \"2026-13-01\"", "promos[0].valid_from", "YYYY-MM-DD"),
+        (
+            "europe.toml",
+            "valid_from = \"2026-01-01\"",
+            "valid_from = \"2026-13-01\"",
+            "promos[0].valid_from",
+            "YYYY-MM-DD",
+        ),
         ("europe.toml", "max_km = 15.0", "max_km = -15.0", "plans[0].coverage.max_km", "distance"),
-        ("regions.toml", "countries = [\"AD\"", "countries = [\"US\", \"AD\"", "regions.north-america.countries[38]", "US is already routed to europe"),
-        ("regions.toml", "countries = [\"AD\"", "countries = [\"Andorra\", \"AD\"", "regions.europe.countries[0]", "alpha-2"),
+        (
+            "regions.toml",
+            "countries = [\"AD\"",
+            "countries = [\"US\", \"AD\"",
+            "regions.north-america.countries[38]",
+            "US is already routed to europe",
+        ),
+        (
+            "regions.toml",
+            "countries = [\"AD\"",
+            "countries = [\"Andorra\", \"AD\"",
+            "regions.europe.countries[0]",
+            "alpha-2",
+        ),
     ];
     for (file, from, to, key, reason) in cases {
         let dir = scratch();

@@ -74,7 +74,9 @@ pub(super) fn signup(s: &SignUp<'_>) -> wit::SignUp {
 
 pub(super) fn rejection(e: &wit::RuleError) -> Failure {
     let (case, detail) = match e {
-        wit::RuleError::CountryNotServed(c) => ("country-not-served", format!("country {c} is not served by this region")),
+        wit::RuleError::CountryNotServed(c) => {
+            ("country-not-served", format!("country {c} is not served by this region"))
+        }
         wit::RuleError::NoCoverage => ("no-coverage", "no plan of this segment reaches this location".into()),
         wit::RuleError::Unusable(why) => ("unusable", why.clone()),
     };
@@ -91,7 +93,9 @@ pub(super) fn offer(o: &wit::Offer, catalog: &RegionCatalog) -> Result<Offer, Fa
     let promo = match o.promo {
         None => None,
         Some(p) if (p.promo as usize) < catalog.promos.len() => Some((p.promo as usize, p.monthly_price_minor)),
-        Some(p) => return Err(broken(format!("module returned promo {}; the catalog has {}", p.promo, catalog.promos.len()))),
+        Some(p) => {
+            return Err(broken(format!("module returned promo {}; the catalog has {}", p.promo, catalog.promos.len())));
+        }
     };
     Ok(Offer { plan, monthly_price_minor: o.monthly_price_minor, promo })
 }

@@ -1,8 +1,8 @@
 //! A compiled offer-rule component, checked against the contract.
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, Linker};
 use wasmtime::Store;
+use wasmtime::component::{Component, Linker};
 
 use super::limits::MemoryCap;
 use super::{Engine, OfferRules, OfferRulesPre, RULES_INTERFACE};
@@ -55,7 +55,8 @@ impl RuleModule {
     /// A [`ModuleError`] naming what was found instead.
     pub fn load(engine: &Engine, bytes: &[u8]) -> Result<Self, ModuleError> {
         let digest = format!("sha256:{:x}", Sha256::digest(bytes));
-        let component = Component::new(&engine.inner, bytes).map_err(|e| ModuleError::NotAComponent(format!("{e:#}")))?;
+        let component =
+            Component::new(&engine.inner, bytes).map_err(|e| ModuleError::NotAComponent(format!("{e:#}")))?;
         let ty = component.component_type();
         let imports: Vec<&str> = ty.imports(&engine.inner).map(|(name, _)| name).collect();
         if !imports.is_empty() {
@@ -108,4 +109,3 @@ impl RuleModule {
 fn failed(call: &'static str, e: &wasmtime::Error) -> ModuleError {
     ModuleError::Failed { call, detail: super::region::classify(e).detail }
 }
-

@@ -100,7 +100,8 @@ impl RegionRules {
             None => self.prime().map_err(|e| Failure { kind: FailureKind::Trap, detail: e.to_string() })?,
         };
         primed.store.set_epoch_deadline(self.module.engine().deadline_ticks());
-        let results = primed.bindings.offers_rules_rules().call_enrich(&mut primed.store, inputs).map_err(|e| classify(&e))?;
+        let results =
+            primed.bindings.offers_rules_rules().call_enrich(&mut primed.store, inputs).map_err(|e| classify(&e))?;
         if results.len() != inputs.len() {
             return Err(Failure {
                 kind: FailureKind::Trap,
@@ -112,13 +113,19 @@ impl RegionRules {
     }
 
     fn prime(&self) -> Result<Primed, ModuleError> {
-        let (mut store, bindings) =
-            self.module.instantiate().map_err(|e| ModuleError::Failed { call: "instantiate", detail: classify(&e).detail })?;
+        let (mut store, bindings) = self
+            .module
+            .instantiate()
+            .map_err(|e| ModuleError::Failed { call: "instantiate", detail: classify(&e).detail })?;
         bindings
             .offers_rules_rules()
             .call_init(&mut store, &self.wit_catalog)
             .map_err(|e| ModuleError::Failed { call: "init", detail: classify(&e).detail })?
-            .map_err(|e| ModuleError::CatalogRefused { region: self.catalog.region.clone(), field: e.field, reason: e.reason })?;
+            .map_err(|e| ModuleError::CatalogRefused {
+                region: self.catalog.region.clone(),
+                field: e.field,
+                reason: e.reason,
+            })?;
         Ok(Primed { store, bindings })
     }
 

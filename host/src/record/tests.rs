@@ -1,0 +1,84 @@
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::catalog::{Plan, Promo, Technology};
+
+fn catalog() -> RegionCatalog {
+    let plan = |id: &str, name: &str, technology| Plan {
+        id: id.into(),
+        name: name.into(),
+        technology,
+        segment: None,
+        down_mbps: 1000,
+        up_mbps: 500,
+        monthly_price_minor: 5999,
+        countries: vec![],
+        postal_prefixes: vec![],
+        coverage: None,
+    };
+    RegionCatalog {
+        region: "europe".into(),
+        currency: "EUR".into(),
+        countries: vec!["DE".into()],
+        max_offers: 5,
+        plans: vec![plan("p-0", "Fiber \"Max\" ✓", Technology::Fiber), plan("p-1", "Sat", Technology::FixedWireless)],
+        metros: vec![],
+        promos: vec![Promo {
+            id: "launch".into(),
+            name: "25% off".into(),
+            percent_off: 25,
+            months: 6,
+            technologies: vec![],
+            segment: None,
+            valid_from: 0,
+            valid_until: 1,
+        }],
+        file: PathBuf::from("europe.toml"),
+    }
+}
+
+#[test]
+fn offer_record_has_the_documented_shape_and_escapes_strings() {
+    let info = ModuleInfo { name: "rules".into(), version: semver::Version::new(1, 2, 3), digest: "sha256:abc".into() };
+    let encoder = OfferEncoder::new(&catalog(), &info);
+    let input = br#"{"user_id": "u-\"1\"\n", "location": {"country": "DE"}}"#;
+    let signup = SignUp::decode(input).unwrap();
+    let offers = [
+        Offer { plan: 1, monthly_price_minor: 4999, promo: None },
+        Offer { plan: 0, monthly_price_minor: 5999, promo: Some((0, 4499)) },
+    ];
+    let mut line = Vec::new();
+    encoder.write(&mut line, &signup, &offers);
+    let value: Value = serde_json::from_slice(&line).unwrap();
+    assert_eq!(
+        value,
+        json!({
+            "user_id": "u-\"1\"\n", "region": "europe", "country": "DE",
+            "offers": [
+                {"plan_id": "p-1", "name": "Sat", "technology": "fixed-wireless", "down_mbps": 1000, "up_mbps": 500,
+                 "monthly_price": {"amount_minor": 4999, "currency": "EUR"}, "promo": null},
+                {"plan_id": "p-0", "name": "Fiber \"Max\" ✓", "technology": "fiber", "down_mbps": 1000, "up_mbps": 500,
+                 "monthly_price": {"amount_minor": 5999, "currency": "EUR"},
+                 "promo": {"id": "launch", "name": "25% off", "percent_off": 25, "months": 6,
+                           "monthly_price": {"amount_minor": 4499, "currency": "EUR"}}}
+            ],
+            "rule": {"name": "rules", "version": "1.2.3", "digest": "sha256:abc"}
+        })
+    );
+    assert!(!line.contains(&b'\n'), "one record, one line");
+}
+
+#[test]
+fn dead_letter_keeps_utf8_input_verbatim_and_other_bytes_as_base64() {
+    let mut line = Vec::new();
+    write_dead_letter(&mut line, Reason::InvalidRecord, "bad", None, "{\"ü\"".as_bytes());
+    let v: Value = serde_json::from_slice(&line).unwrap();
+    assert_eq!(v, json!({"reason": "invalid-record", "detail": "bad", "rule": null, "input": "{\"ü\""}));
+    line.clear();
+    write_dead_letter(&mut line, Reason::ModuleTrap, "boom", None, &[0xff, 0x00]);
+    let v: Value = serde_json::from_slice(&line).unwrap();
+    assert_eq!(v["input"], "/wA=");
+    assert_eq!(v["input_encoding"], "base64");
+}
