@@ -9,8 +9,6 @@ use crate::catalog::Metro;
 
 /// Mean Earth radius (IUGG), km.
 const EARTH_RADIUS_KM: f64 = 6371.0088;
-/// Length of one degree of latitude, km; bounds the band a query scans.
-const KM_PER_DEGREE_LAT: f64 = 111.2;
 
 /// A point on the unit sphere.
 type Unit = [f64; 3];
@@ -46,41 +44,68 @@ struct Entry {
     population: u64,
 }
 
-/// Metros sorted by latitude, so a radius query scans one latitude band
-/// instead of the whole region.
+/// Metros bucketed by whole degree of latitude, each bucket sorted by
+/// longitude: a radius query binary-searches a longitude window in the few
+/// bands it touches instead of scanning every metro of the region.
 #[derive(Debug, Default)]
 pub struct MetroIndex {
-    by_lat: Vec<Entry>,
+    /// Sorted by (latitude band, longitude).
+    entries: Vec<Entry>,
+    /// `bands[b]..bands[b + 1]`: the entries of band `b` (latitude `b - 90`).
+    bands: Vec<usize>,
+}
+
+/// Latitude bands of one degree, -90 to 90 inclusive (the pole gets its own).
+const BANDS: usize = 181;
+
+fn band_of(lat: f64) -> usize {
+    ((lat.floor() + 90.0) as usize).min(BANDS - 1)
 }
 
 impl MetroIndex {
     pub fn new(metros: &[Metro]) -> Self {
-        let mut by_lat: Vec<Entry> = metros
+        let mut entries: Vec<Entry> = metros
             .iter()
             .map(|m| Entry { lat: m.lat, lon: m.lon, unit: unit(m.lat, m.lon), population: m.population })
             .collect();
-        by_lat.sort_by(|a, b| a.lat.total_cmp(&b.lat));
-        Self { by_lat }
+        entries.sort_by(|a, b| band_of(a.lat).cmp(&band_of(b.lat)).then(a.lon.total_cmp(&b.lon)));
+        let bands = (0..=BANDS).map(|b| entries.partition_point(|e| band_of(e.lat) < b)).collect();
+        Self { entries, bands }
     }
 
     /// Every metro within `radius_km` of the point, appended to `out`.
     pub fn within(&self, lat: f64, lon: f64, radius_km: f64, out: &mut Vec<Nearby>) {
         let here = unit(lat, lon);
         let limit = chord2_for_km(radius_km);
-        let band = radius_km / KM_PER_DEGREE_LAT;
-        // A metro more than `lon_band` degrees of longitude away cannot be
-        // inside the radius: skip it before any arithmetic on the sphere.
-        // Near the poles the band covers every longitude.
-        let lon_band = band / lat.to_radians().cos().max(0.01) * 1.05;
-        let start = self.by_lat.partition_point(|m| m.lat < lat - band);
-        for m in self.by_lat[start..].iter().take_while(|m| m.lat <= lat + band) {
-            let dlon = (m.lon - lon).abs();
-            if dlon.min(360.0 - dlon) > lon_band {
-                continue;
-            }
-            let chord2 = chord2(&here, &m.unit);
-            if chord2 <= limit {
-                out.push(Nearby { chord2, population: m.population });
+        // Widest longitude difference inside a spherical cap of angular
+        // radius r around latitude φ: asin(sin r / cos φ), or every
+        // longitude when the cap reaches a pole. A hair wider for rounding.
+        let (r, phi) = (radius_km / EARTH_RADIUS_KM, lat.to_radians());
+        let lat_span = r.to_degrees() * 1.0001;
+        let lon_span = if phi.abs() + r >= std::f64::consts::FRAC_PI_2 {
+            180.0
+        } else {
+            ((r.sin() / phi.cos()).asin().to_degrees() * 1.0001 + 1e-9).min(180.0)
+        };
+        let (west, east) = (lon - lon_span, lon + lon_span);
+        // Longitude windows, split where they cross the antimeridian.
+        let mut windows = [(west.max(-180.0), east.min(180.0)), (f64::NAN, f64::NAN), (f64::NAN, f64::NAN)];
+        if west < -180.0 {
+            windows[1] = (west + 360.0, 180.0);
+        }
+        if east > 180.0 {
+            windows[2] = (-180.0, east - 360.0);
+        }
+        for band in band_of((lat - lat_span).max(-90.0))..=band_of((lat + lat_span).min(90.0)) {
+            let entries = &self.entries[self.bands[band]..self.bands[band + 1]];
+            for (from, to) in windows.iter().filter(|w| !w.0.is_nan()) {
+                let start = entries.partition_point(|e| e.lon < *from);
+                for m in entries[start..].iter().take_while(|e| e.lon <= *to) {
+                    let chord2 = chord2(&here, &m.unit);
+                    if chord2 <= limit {
+                        out.push(Nearby { chord2, population: m.population });
+                    }
+                }
             }
         }
     }
@@ -125,6 +150,41 @@ mod tests {
         out.clear();
         index.within(52.52, 13.40, 20.0, &mut out);
         assert_eq!(out.len(), 1);
+    }
+
+    /// Against a brute-force scan, on a dense random field and random queries.
+    #[test]
+    fn index_agrees_with_a_full_scan() {
+        let mut seed = 42u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let metros: Vec<Metro> = (0..3000)
+            .map(|i| Metro { lat: next() * 180.0 - 90.0, lon: next() * 360.0 - 180.0, population: i })
+            .collect();
+        let index = MetroIndex::new(&metros);
+        for _ in 0..500 {
+            let (lat, lon, radius) = (next() * 180.0 - 90.0, next() * 360.0 - 180.0, next() * 800.0);
+            let mut got = Vec::new();
+            index.within(lat, lon, radius, &mut got);
+            let mut got: Vec<u64> = got.iter().map(|n| n.population).collect();
+            got.sort();
+            let want: Vec<u64> = metros
+                .iter()
+                .filter(|m| haversine_km(lat, lon, m.lat, m.lon) <= radius * 0.9999)
+                .map(|m| m.population)
+                .collect();
+            let loose: Vec<u64> = metros
+                .iter()
+                .filter(|m| haversine_km(lat, lon, m.lat, m.lon) <= radius * 1.0001)
+                .map(|m| m.population)
+                .collect();
+            assert!(
+                want.iter().all(|p| got.contains(p)) && got.iter().all(|p| loose.contains(p)),
+                "{lat},{lon} r={radius}"
+            );
+        }
     }
 
     #[test]

@@ -78,7 +78,9 @@ impl Rules {
         if !self.catalog.countries.iter().any(|c| c == signup.country) {
             return Err(Rejection::CountryNotServed(signup.country.to_owned()));
         }
-        let postal = signup.postal_code.map(normalise_postal_code).transpose()?;
+        if let Some(code) = signup.postal_code {
+            check_postal_code(code)?;
+        }
         let mut nearby = Vec::new();
         if let Some((lat, lon)) = signup.coordinates {
             self.metros.within(lat, lon, self.max_coverage_km, &mut nearby);
@@ -88,7 +90,7 @@ impl Rules {
             .plans
             .iter()
             .enumerate()
-            .filter(|(i, p)| deliverable(p, self.coverage_chord2[*i], signup, postal.as_deref(), &nearby))
+            .filter(|(i, p)| deliverable(p, self.coverage_chord2[*i], signup, &nearby))
             .map(|(i, p)| (i as u32, p))
             .collect();
         let mut offers: Vec<(u32, &Plan)> =
@@ -131,25 +133,25 @@ impl Rules {
     }
 }
 
-/// Upper case without spaces or dashes; refuses characters no postal system uses.
-fn normalise_postal_code(code: &str) -> Result<String, Rejection> {
+/// Refuses postal codes no postal system issues.
+fn check_postal_code(code: &str) -> Result<(), Rejection> {
     if code.len() > MAX_POSTAL_CODE_LEN {
         return Err(Rejection::Unusable(format!("postal code {code:?} is longer than {MAX_POSTAL_CODE_LEN}")));
     }
     if let Some(bad) = code.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == ' ' || *c == '-')) {
         return Err(Rejection::Unusable(format!("postal code {code:?} contains {bad:?}")));
     }
-    Ok(code.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_uppercase()).collect())
+    Ok(())
+}
+
+/// Prefix match ignoring case, spaces and dashes: "01310-100" is in "0131".
+fn postal_starts_with(code: &str, prefix: &str) -> bool {
+    let mut code = code.bytes().filter(u8::is_ascii_alphanumeric).map(|b| b.to_ascii_uppercase());
+    prefix.bytes().all(|p| code.next() == Some(p.to_ascii_uppercase()))
 }
 
 /// `coverage_chord2`: the plan's coverage radius as a squared chord.
-fn deliverable(
-    plan: &Plan,
-    coverage_chord2: f64,
-    signup: &SignUp<'_>,
-    postal: Option<&str>,
-    nearby: &[Nearby],
-) -> bool {
+fn deliverable(plan: &Plan, coverage_chord2: f64, signup: &SignUp<'_>, nearby: &[Nearby]) -> bool {
     if plan.segment.is_some_and(|s| s != signup.segment) {
         return false;
     }
@@ -157,8 +159,8 @@ fn deliverable(
         return false;
     }
     if !plan.postal_prefixes.is_empty() {
-        let Some(postal) = postal else { return false };
-        if !plan.postal_prefixes.iter().any(|p| postal.starts_with(p.as_str())) {
+        let Some(postal) = signup.postal_code else { return false };
+        if !plan.postal_prefixes.iter().any(|p| postal_starts_with(postal, p)) {
             return false;
         }
     }

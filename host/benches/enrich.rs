@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use offerd::catalog::{self, Catalogs, RegionCatalog};
-use offerd::engine::{Engine, Limits, Offer, RuleModule};
+use offerd::engine::{Engine, Limits, Offer, RegionRules, RuleModule};
 use offerd::enricher::{Enricher, Outcome};
 use offerd::module_store::LoadedRules;
 use offerd::record::{self, OfferEncoder, Reason};
@@ -21,16 +21,14 @@ const ROUNDS: usize = 7;
 fn main() -> anyhow::Result<()> {
     let root = xtask::workspace_root();
     let catalogs = Arc::new(Catalogs::load(&root.join("catalogs"))?);
-    let bytes = xtask::build_component("offer-rules")?;
     let engine = Engine::new(Limits::default())?;
-    let module = Arc::new(RuleModule::load(&engine, &bytes)?);
-    let mut rules = HashMap::new();
-    for c in catalogs.regions() {
-        rules
-            .insert(c.region.clone(), Arc::new(offerd::engine::RegionRules::new(module.clone(), Arc::new(c.clone()))?));
-    }
-    let wasm = Enricher::new(catalogs.clone(), LoadedRules { rules, unserved: Default::default() });
+    let module = Arc::new(RuleModule::load(&engine, &xtask::build_component("offer-rules")?)?);
+    let wasm = enricher(&catalogs, &module)?;
     let native = Native::new(&catalogs, module.info());
+    // The test suite's module answers every sign-up with plan 0 at once: what
+    // remains is the host, the boundary and the instance, without rule work.
+    let floor =
+        enricher(&catalogs, &Arc::new(RuleModule::load(&engine, &xtask::build_component("misbehave-rules")?)?))?;
 
     let mut generator = xtask::signups::Generator::new(&root.join("catalogs/geonames/cities15000.csv"), 7)?;
     let inputs: Vec<String> = generator.batch(RECORDS, None);
@@ -39,18 +37,37 @@ fn main() -> anyhow::Result<()> {
         "{RECORDS} sign-ups of {avg} bytes on average; limits: {:?}; median of {ROUNDS} rounds",
         Limits::default()
     );
-    println!("{:>6}  {:>14}  {:>14}  {:>12}", "batch", "wasm rec/s", "native rec/s", "wasm/native");
+    println!(
+        "{:>6}  {:>14}  {:>14}  {:>12}  {:>22}",
+        "batch", "wasm rec/s", "native rec/s", "wasm/native", "no-op module rec/s"
+    );
     for batch in [1, 100, 500] {
-        let (mut w, mut n) = (Vec::new(), Vec::new());
+        let (mut w, mut n, mut f) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             w.push(run(&inputs, batch, |chunk| wasm.enrich(chunk)));
             n.push(run(&inputs, batch, |chunk| native.enrich(chunk)));
+            f.push(run(&inputs, batch, |chunk| floor.enrich(chunk)));
         }
-        let (w, n) = (median(w), median(n));
+        let (w, n, f) = (median(w), median(n), median(f));
         let rate = |d: Duration| RECORDS as f64 / d.as_secs_f64();
-        println!("{batch:>6}  {:>14.0}  {:>14.0}  {:>11.2}x", rate(w), rate(n), n.as_secs_f64() / w.as_secs_f64());
+        println!(
+            "{batch:>6}  {:>14.0}  {:>14.0}  {:>11.2}x  {:>22.0}",
+            rate(w),
+            rate(n),
+            n.as_secs_f64() / w.as_secs_f64(),
+            rate(f)
+        );
     }
     Ok(())
+}
+
+/// Every region served by `module`, as `offerd` would load it.
+fn enricher(catalogs: &Arc<Catalogs>, module: &Arc<RuleModule>) -> anyhow::Result<Enricher> {
+    let mut rules = HashMap::new();
+    for c in catalogs.regions() {
+        rules.insert(c.region.clone(), Arc::new(RegionRules::new(module.clone(), Arc::new(c.clone()))?));
+    }
+    Ok(Enricher::new(catalogs.clone(), LoadedRules { rules, unserved: Default::default() }))
 }
 
 fn run(inputs: &[String], batch: usize, mut f: impl FnMut(&[&[u8]]) -> Vec<Outcome>) -> Duration {

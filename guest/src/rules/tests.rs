@@ -160,3 +160,11 @@ fn catalog_without_fallback_is_refused_with_its_field() {
     c.plans[1].coverage = Some(Coverage { max_km: -1.0, min_population: 0 });
     assert_eq!(Rules::new(c).unwrap_err().field, "plans[1].coverage.max_km");
 }
+
+#[test]
+fn postal_prefixes_ignore_case_spaces_and_dashes() {
+    assert!(postal_starts_with("01310-100", "0131"));
+    assert!(postal_starts_with("sw1a 1aa", "SW1A1"));
+    assert!(!postal_starts_with("0131", "01310"));
+    assert!(!postal_starts_with("20095", "10"));
+}
