@@ -1,8 +1,6 @@
 //! Offer rules for one sign-up: which plans can be delivered where, which
 //! promo applies, and in what order the offers are shown.
 
-use std::cmp::Reverse;
-
 use crate::catalog::{Catalog, CatalogError, Plan, Promo, Segment};
 use crate::geo::{MetroIndex, Nearby, chord2_for_km};
 
@@ -52,6 +50,28 @@ pub struct Rules {
     max_coverage_km: f64,
     /// Per plan, its coverage radius as a squared chord (see [`crate::geo`]).
     coverage_chord2: Vec<f64>,
+    /// Plan indices in rank order: residential, then business.
+    rank: [Vec<u32>; 2],
+    /// Per plan, the plans that make it pointless wherever they are also
+    /// deliverable (see [`dominates`]): a property of the catalog, worked out once.
+    dominators: Vec<Vec<u32>>,
+    /// Served countries, indexed by [`country_slot`].
+    served: Vec<bool>,
+}
+
+/// A slot per pair of upper-case letters.
+fn country_slot(code: &str) -> Option<usize> {
+    match code.as_bytes() {
+        [a @ b'A'..=b'Z', b @ b'A'..=b'Z'] => Some(usize::from(a - b'A') * 26 + usize::from(b - b'A')),
+        _ => None,
+    }
+}
+
+fn segment_slot(segment: Segment) -> usize {
+    match segment {
+        Segment::Residential => 0,
+        Segment::Business => 1,
+    }
 }
 
 impl Rules {
@@ -63,7 +83,27 @@ impl Rules {
         let max_coverage_km = catalog.plans.iter().filter_map(|p| p.coverage).map(|c| c.max_km).fold(0.0, f64::max);
         let coverage_chord2 =
             catalog.plans.iter().map(|p| p.coverage.map_or(0.0, |c| chord2_for_km(c.max_km))).collect();
-        Ok(Self { catalog, metros, max_coverage_km, coverage_chord2 })
+        let plans = &catalog.plans;
+        let ranked = |key: &dyn Fn(&Plan) -> (u64, u64, u64)| {
+            let mut order: Vec<u32> = (0..plans.len() as u32).collect();
+            order.sort_by_key(|&i| key(&plans[i as usize]));
+            order
+        };
+        let rank = [
+            // Households: best technology, then fastest download, then cheapest.
+            ranked(&|p| (p.technology as u64, u64::MAX - u64::from(p.down_mbps), p.monthly_price_minor)),
+            // Businesses: upload first (backups, video, hosting), then technology.
+            ranked(&|p| (u64::MAX - u64::from(p.up_mbps), p.technology as u64, p.monthly_price_minor)),
+        ];
+        let dominators = plans
+            .iter()
+            .map(|b| (0..plans.len() as u32).filter(|&a| dominates(&plans[a as usize], b)).collect())
+            .collect();
+        let mut served = vec![false; 26 * 26];
+        for slot in catalog.countries.iter().filter_map(|c| country_slot(c)) {
+            served[slot] = true;
+        }
+        Ok(Self { catalog, metros, max_coverage_km, coverage_chord2, rank, dominators, served })
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -75,7 +115,7 @@ impl Rules {
     /// # Errors
     /// A [`Rejection`] when the region does not serve the sign-up.
     pub fn enrich(&self, signup: &SignUp<'_>) -> Result<Vec<Offer>, Rejection> {
-        if !self.catalog.countries.iter().any(|c| c == signup.country) {
+        if !country_slot(signup.country).is_some_and(|slot| self.served[slot]) {
             return Err(Rejection::CountryNotServed(signup.country.to_owned()));
         }
         if let Some(code) = signup.postal_code {
@@ -85,36 +125,24 @@ impl Rules {
         if let Some((lat, lon)) = signup.coordinates {
             self.metros.within(lat, lon, self.max_coverage_km, &mut nearby);
         }
-        let eligible: Vec<(u32, &Plan)> = self
-            .catalog
-            .plans
+        let plans = &self.catalog.plans;
+        let eligible: Vec<bool> =
+            plans.iter().zip(&self.coverage_chord2).map(|(p, &c)| deliverable(p, c, signup, &nearby)).collect();
+        let offers: Vec<Offer> = self.rank[segment_slot(signup.segment)]
             .iter()
-            .enumerate()
-            .filter(|(i, p)| deliverable(p, self.coverage_chord2[*i], signup, &nearby))
-            .map(|(i, p)| (i as u32, p))
+            .map(|&i| i as usize)
+            .filter(|&i| eligible[i] && !self.dominators[i].iter().any(|&d| eligible[d as usize]))
+            .take(self.catalog.max_offers as usize)
+            .map(|i| Offer {
+                plan: i as u32,
+                monthly_price_minor: plans[i].monthly_price_minor,
+                promo: self.best_promo(&plans[i], signup),
+            })
             .collect();
-        let mut offers: Vec<(u32, &Plan)> =
-            eligible.iter().copied().filter(|(_, p)| !eligible.iter().any(|(_, q)| dominates(q, p))).collect();
         if offers.is_empty() {
             return Err(Rejection::NoCoverage);
         }
-        match signup.segment {
-            // Households: best technology, then fastest download, then cheapest.
-            Segment::Residential => {
-                offers.sort_by_key(|(_, p)| (p.technology, Reverse(p.down_mbps), p.monthly_price_minor))
-            }
-            // Businesses: upload first (backups, video, hosting), then technology.
-            Segment::Business => offers.sort_by_key(|(_, p)| (Reverse(p.up_mbps), p.technology, p.monthly_price_minor)),
-        }
-        offers.truncate(self.catalog.max_offers as usize);
-        Ok(offers
-            .into_iter()
-            .map(|(index, plan)| Offer {
-                plan: index,
-                monthly_price_minor: plan.monthly_price_minor,
-                promo: self.best_promo(plan, signup),
-            })
-            .collect())
+        Ok(offers)
     }
 
     /// The deepest discount among promos valid for this plan on the sign-up day.
