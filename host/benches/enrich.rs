@@ -140,7 +140,7 @@ impl Native {
                             })
                             .collect();
                         encoder.write(&mut line, &signup, &offers);
-                        Outcome::Offer(line)
+                        Outcome::Offer { user_id: signup.user_id.to_string(), line }
                     }
                     Err(e) => {
                         record::write_dead_letter(&mut line, Reason::RuleRejected, &format!("{e:?}"), None, input);

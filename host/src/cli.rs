@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::catalog::Catalogs;
 use crate::engine::{Engine, Limits, RegionRules, RuleModule};
 use crate::enricher::{Enricher, Outcome};
-use crate::{golden, module_store};
+use crate::{golden, module_store, stream};
 
 /// Exit status when the set-up (files, modules, catalogs) is unusable.
 const EXIT_SETUP: u8 = 2;
@@ -36,6 +36,45 @@ enum Command {
     Enrich(EnrichArgs),
     /// Run golden cases against a module and a region's catalog.
     Test(TestArgs),
+    /// Consume a Kinesis stream of sign-ups until SIGINT/SIGTERM.
+    Run(RunArgs),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StartAtArg {
+    TrimHorizon,
+    Latest,
+}
+
+/// AWS settings come from the standard chain: AWS_REGION, credentials, AWS_ENDPOINT_URL.
+#[derive(Args)]
+struct RunArgs {
+    /// Stream of sign-ups.
+    #[arg(long, value_name = "NAME")]
+    input_stream: String,
+    /// Stream the offer records go to (partition key: user_id).
+    #[arg(long, value_name = "NAME")]
+    output_stream: String,
+    /// Stream the dead letters go to.
+    #[arg(long, value_name = "NAME")]
+    dead_letter_stream: String,
+    /// Module store: `<region>.wasm` per region, `default.wasm` for the rest.
+    #[arg(long, value_name = "DIR")]
+    modules: PathBuf,
+    /// Catalog directory: `regions.toml` and `<region>.toml`.
+    #[arg(long, value_name = "DIR")]
+    catalogs: PathBuf,
+    /// Checkpoint file (created if missing).
+    #[arg(long, value_name = "PATH", default_value = "offerd-checkpoints.json")]
+    checkpoints: PathBuf,
+    /// Where shards without a checkpoint start.
+    #[arg(long, value_enum, default_value = "trim-horizon")]
+    start_at: StartAtArg,
+    /// Most records per GetRecords call and per batch (Kinesis allows 10,000).
+    #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    batch_size: i32,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 /// Bounds on every module call (production defaults).
@@ -108,6 +147,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Enrich(args) => enrich(&args),
         Command::Test(args) => test(&args),
+        Command::Run(args) => run(args),
     };
     match result {
         Ok(code) => code,
@@ -149,7 +189,7 @@ fn enrich(args: &EnrichArgs) -> anyhow::Result<ExitCode> {
         let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
         for outcome in enricher.enrich(&refs) {
             match outcome {
-                Outcome::Offer(line) => {
+                Outcome::Offer { line, .. } => {
                     offers += 1;
                     output.write_all(&line)?;
                     output.write_all(b"\n")?;
@@ -213,4 +253,39 @@ fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
     }
     writeln!(out, "{} passed, {failed} failed", verdicts.len() - failed)?;
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let catalogs = Arc::new(Catalogs::load(&args.catalogs)?);
+    let engine = args.limits.engine()?;
+    let enricher = Arc::new(Enricher::new(catalogs.clone(), module_store::load(&engine, &args.modules, &catalogs)?));
+    let config = stream::RunConfig {
+        input_stream: args.input_stream,
+        output_stream: args.output_stream,
+        dead_letter_stream: args.dead_letter_stream,
+        checkpoints: args.checkpoints,
+        start_at: match args.start_at {
+            StartAtArg::TrimHorizon => stream::StartAt::TrimHorizon,
+            StartAtArg::Latest => stream::StartAt::Latest,
+        },
+        batch_size: args.batch_size,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    runtime.block_on(async move {
+        let client = stream::aws::kinesis_client().await?;
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("stopping: finishing in-flight batches, then checkpointing");
+            let _ = stop.send(true);
+        });
+        stream::run(client, config, enricher, shutdown).await?;
+        tracing::info!("stopped cleanly");
+        Ok(ExitCode::SUCCESS)
+    })
 }

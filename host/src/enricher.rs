@@ -14,8 +14,15 @@ use crate::signup::SignUp;
 /// What became of one input record: a JSON line (without newline).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Offer(Vec<u8>),
-    DeadLetter { reason: Reason, line: Vec<u8> },
+    /// `user_id` is the output's partition key on a stream.
+    Offer {
+        user_id: String,
+        line: Vec<u8>,
+    },
+    DeadLetter {
+        reason: Reason,
+        line: Vec<u8>,
+    },
 }
 
 /// Routes, enriches and encodes.
@@ -89,7 +96,7 @@ impl Enricher {
                     Ok(offers) => {
                         let mut line = Vec::with_capacity(512);
                         encoder.write(&mut line, signup, &offers);
-                        Outcome::Offer(line)
+                        Outcome::Offer { user_id: signup.user_id.to_string(), line }
                     }
                     Err(failure) => {
                         let reason = match failure.kind {

@@ -9,6 +9,7 @@
 //! - [`enricher`]: one batch of raw records in, one output or dead letter per record out.
 //! - [`record`]: the offer-record and dead-letter wire formats.
 //! - [`golden`]: golden cases for `offerd test`.
+//! - [`stream`]: `offerd run`, the Kinesis consumer.
 //! - [`cli`]: the `offerd` command line.
 
 pub mod catalog;
@@ -19,3 +20,4 @@ pub mod golden;
 pub mod module_store;
 pub mod record;
 pub mod signup;
+pub mod stream;

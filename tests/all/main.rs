@@ -4,6 +4,7 @@
 mod cli_enrich;
 mod cli_test;
 mod engine;
+mod stream;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

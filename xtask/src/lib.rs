@@ -66,8 +66,16 @@ pub fn ensure_guest_target() -> Result<()> {
 /// # Errors
 /// cargo cannot start or exits non-zero.
 pub fn cargo(args: &[&str]) -> Result<()> {
+    cargo_with_env(args, &[])
+}
+
+/// [`cargo`] with extra environment variables.
+///
+/// # Errors
+/// cargo cannot start or exits non-zero.
+pub fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo).current_dir(workspace_root()).args(args).status()?;
+    let status = Command::new(cargo).current_dir(workspace_root()).args(args).envs(env.iter().copied()).status()?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
@@ -82,4 +90,5 @@ pub fn componentize(core: &[u8]) -> Result<Vec<u8>> {
     wit_component::ComponentEncoder::default().module(core)?.validate(true).encode()
 }
 
+pub mod kinesis_local;
 pub mod signups;

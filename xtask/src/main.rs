@@ -52,9 +52,16 @@ fn main() -> Result<()> {
 }
 
 /// Installs the guest target if rustup is there, then runs the checks in order.
+///
+/// The stream tests need a Kinesis API: kinesis-local is installed with npm
+/// and started on loopback here; tests find it through
+/// `OFFERD_TEST_KINESIS_ENDPOINT` and isolate themselves by account.
 fn test() -> Result<()> {
+    let root = xtask::workspace_root();
     xtask::ensure_guest_target()?;
+    xtask::kinesis_local::npm_ci(&root)?;
     xtask::cargo(&["fmt", "--all", "--check"])?;
     xtask::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
-    xtask::cargo(&["test", "--workspace"])
+    let kinesis = xtask::kinesis_local::KinesisLocal::start(&root)?;
+    xtask::cargo_with_env(&["test", "--workspace"], &[("OFFERD_TEST_KINESIS_ENDPOINT", &kinesis.endpoint)])
 }

@@ -1,0 +1,108 @@
+//! Checkpoints: per shard, the last sequence number whose output and dead
+//! letters are acknowledged. The store is a seam; the embedded default is a
+//! file that survives a crash mid-write.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+/// Where checkpoints live. Calls are blocking; callers run them off the
+/// async threads.
+pub trait CheckpointStore: Send + Sync {
+    /// The last checkpointed sequence number of a shard.
+    fn get(&self, shard_id: &str) -> Option<String>;
+
+    /// Records `sequence_number` as processed, durably, before returning.
+    ///
+    /// # Errors
+    /// The checkpoint could not be made durable.
+    fn set(&self, shard_id: &str, sequence_number: &str) -> anyhow::Result<()>;
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct FileFormat {
+    stream: String,
+    shards: BTreeMap<String, String>,
+}
+
+/// A JSON file, rewritten whole on every checkpoint: write a temporary file,
+/// fsync it, rename it over the old one, fsync the directory. A crash leaves
+/// either the old or the new file, never a torn one.
+pub struct FileCheckpoints {
+    path: PathBuf,
+    state: Mutex<FileFormat>,
+}
+
+impl FileCheckpoints {
+    /// Opens (or starts) the checkpoint file of `stream`.
+    ///
+    /// # Errors
+    /// The file exists but is unreadable, or belongs to another stream.
+    pub fn open(path: &Path, stream: &str) -> anyhow::Result<Self> {
+        let state = match std::fs::read(path) {
+            Ok(bytes) => {
+                let state: FileFormat = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("{} is not a checkpoint file", path.display()))?;
+                anyhow::ensure!(
+                    state.stream == stream,
+                    "{} holds checkpoints of stream {:?}, not {stream:?}",
+                    path.display(),
+                    state.stream
+                );
+                state
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                FileFormat { stream: stream.to_owned(), shards: BTreeMap::new() }
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        Ok(Self { path: path.to_owned(), state: Mutex::new(state) })
+    }
+}
+
+impl CheckpointStore for FileCheckpoints {
+    fn get(&self, shard_id: &str) -> Option<String> {
+        self.state.lock().expect("checkpoint lock is never held across a panic").shards.get(shard_id).cloned()
+    }
+
+    fn set(&self, shard_id: &str, sequence_number: &str) -> anyhow::Result<()> {
+        // Held across the write so two shards cannot interleave their renames.
+        let mut state = self.state.lock().expect("checkpoint lock is never held across a panic");
+        state.shards.insert(shard_id.to_owned(), sequence_number.to_owned());
+        let bytes = serde_json::to_vec_pretty(&*state).expect("a map of strings always serialises");
+        let tmp = self.path.with_extension("tmp");
+        let mut file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &self.path).with_context(|| format!("replacing {}", self.path.display()))?;
+        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_survive_reopening_and_refuse_another_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.json");
+        let store = FileCheckpoints::open(&path, "signups").unwrap();
+        assert_eq!(store.get("shardId-0"), None);
+        store.set("shardId-0", "49").unwrap();
+        store.set("shardId-1", "50").unwrap();
+        store.set("shardId-0", "51").unwrap();
+        let reopened = FileCheckpoints::open(&path, "signups").unwrap();
+        assert_eq!(reopened.get("shardId-0").as_deref(), Some("51"));
+        assert_eq!(reopened.get("shardId-1").as_deref(), Some("50"));
+        let err = FileCheckpoints::open(&path, "other").err().unwrap();
+        assert!(err.to_string().contains("not \"other\""), "{err}");
+        assert!(!path.with_extension("tmp").exists());
+    }
+}
