@@ -44,9 +44,9 @@ fn main() -> anyhow::Result<()> {
     for batch in [1, 100, 500] {
         let (mut w, mut n, mut f) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
-            w.push(run(&inputs, batch, |chunk| wasm.enrich(chunk)));
-            n.push(run(&inputs, batch, |chunk| native.enrich(chunk)));
-            f.push(run(&inputs, batch, |chunk| floor.enrich(chunk)));
+            w.push(run(&inputs, batch, |chunk| wasm.enrich(chunk).outcomes));
+            n.push(run(&inputs, batch, |chunk| native.enrich(chunk).outcomes));
+            f.push(run(&inputs, batch, |chunk| floor.enrich(chunk).outcomes));
         }
         let (w, n, f) = (median(w), median(n), median(f));
         let rate = |d: Duration| RECORDS as f64 / d.as_secs_f64();

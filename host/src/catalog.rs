@@ -8,15 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// A catalog directory that cannot be used.
-#[derive(Debug, thiserror::Error)]
-#[error("{}: {key}: {reason}", file.display())]
-pub struct CatalogError {
-    pub file: PathBuf,
-    /// Dotted path of the offending key, or `-` for the file as a whole.
-    pub key: String,
-    pub reason: String,
-}
+use crate::config_file::{ConfigError, error, parse};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -171,7 +163,7 @@ impl Catalogs {
     ///
     /// # Errors
     /// The first file, key and reason that make the directory unusable.
-    pub fn load(dir: &Path) -> Result<Self, CatalogError> {
+    pub fn load(dir: &Path) -> Result<Self, ConfigError> {
         let routing_file = dir.join("regions.toml");
         let routing: RegionsFile = parse(&routing_file)?;
         let mut routes = HashMap::new();
@@ -201,7 +193,7 @@ impl Catalogs {
     ///
     /// # Errors
     /// As [`Catalogs::load`], for the two files concerned.
-    pub fn load_region_file(file: &Path) -> Result<RegionCatalog, CatalogError> {
+    pub fn load_region_file(file: &Path) -> Result<RegionCatalog, ConfigError> {
         let region = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
         let routing_file = file.with_file_name("regions.toml");
         let mut routing: RegionsFile = parse(&routing_file)?;
@@ -225,26 +217,6 @@ impl Catalogs {
     }
 }
 
-fn error(file: &Path, key: impl Into<String>, reason: impl Into<String>) -> CatalogError {
-    CatalogError { file: file.to_path_buf(), key: key.into(), reason: reason.into() }
-}
-
-/// Parses a TOML file, reporting the dotted path of the key that failed.
-fn parse<T: for<'de> Deserialize<'de>>(file: &Path) -> Result<T, CatalogError> {
-    let text = std::fs::read_to_string(file).map_err(|e| error(file, "-", format!("cannot read: {e}")))?;
-    let at_line = |e: &toml::de::Error| {
-        let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
-        line.map(|l| format!(" (line {l})")).unwrap_or_default()
-    };
-    let de =
-        toml::Deserializer::parse(&text).map_err(|e| error(file, "-", format!("{}{}", e.message(), at_line(&e))))?;
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
-        let inner = e.into_inner();
-        error(file, key, format!("{}{}", inner.message(), at_line(&inner)))
-    })
-}
-
 fn check_country_code(code: &str) -> Result<(), String> {
     if code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase()) {
         Ok(())
@@ -253,7 +225,7 @@ fn check_country_code(code: &str) -> Result<(), String> {
     }
 }
 
-fn load_region(file: &Path, region: &str, countries: Vec<String>) -> Result<RegionCatalog, CatalogError> {
+fn load_region(file: &Path, region: &str, countries: Vec<String>) -> Result<RegionCatalog, ConfigError> {
     let parsed: CatalogFile = parse(file)?;
     let fail = |key: String, reason: String| Err(error(file, key, reason));
     if parsed.region != region {

@@ -14,7 +14,12 @@ use clap::{Args, Parser, Subcommand};
 use crate::catalog::Catalogs;
 use crate::engine::{Engine, Limits, RegionRules, RuleModule};
 use crate::enricher::{Enricher, Outcome};
+use crate::metrics::{self, Metrics};
+use crate::stream::checkpoint::{CheckpointStore, FileCheckpoints};
 use crate::{golden, module_store, stream};
+use run_settings::RunSettings;
+
+mod run_settings;
 
 /// Exit status when the set-up (files, modules, catalogs) is unusable.
 const EXIT_SETUP: u8 = 2;
@@ -40,39 +45,13 @@ enum Command {
     Run(RunArgs),
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum StartAtArg {
-    TrimHorizon,
-    Latest,
-}
-
-/// AWS settings come from the standard chain: AWS_REGION, credentials, AWS_ENDPOINT_URL.
 #[derive(Args)]
 struct RunArgs {
-    /// Stream of sign-ups.
-    #[arg(long, value_name = "NAME")]
-    input_stream: String,
-    /// Stream the offer records go to (partition key: user_id).
-    #[arg(long, value_name = "NAME")]
-    output_stream: String,
-    /// Stream the dead letters go to.
-    #[arg(long, value_name = "NAME")]
-    dead_letter_stream: String,
-    /// Module store: `<region>.wasm` per region, `default.wasm` for the rest.
-    #[arg(long, value_name = "DIR")]
-    modules: PathBuf,
-    /// Catalog directory: `regions.toml` and `<region>.toml`.
-    #[arg(long, value_name = "DIR")]
-    catalogs: PathBuf,
-    /// Checkpoint file (created if missing).
-    #[arg(long, value_name = "PATH", default_value = "offerd-checkpoints.json")]
-    checkpoints: PathBuf,
-    /// Where shards without a checkpoint start.
-    #[arg(long, value_enum, default_value = "trim-horizon")]
-    start_at: StartAtArg,
-    /// Most records per GetRecords call and per batch (Kinesis allows 10,000).
-    #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(i32).range(1..=10_000))]
-    batch_size: i32,
+    /// TOML file with any of the settings below as keys (`batch-size = 500`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: RunSettings,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -187,7 +166,7 @@ fn enrich(args: &EnrichArgs) -> anyhow::Result<ExitCode> {
     let (mut offers, mut dead) = (0u64, BTreeMap::<&str, u64>::new());
     while let Some(batch) = lines.next_batch().context("reading sign-ups")? {
         let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
-        for outcome in enricher.enrich(&refs) {
+        for outcome in enricher.enrich(&refs).outcomes {
             match outcome {
                 Outcome::Offer { line, .. } => {
                     offers += 1;
@@ -256,24 +235,24 @@ fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let catalogs = Arc::new(Catalogs::load(&args.catalogs)?);
+    let settings = args.settings.resolve(args.config.as_deref())?;
+    let catalogs = Arc::new(Catalogs::load(&settings.catalogs)?);
     let engine = args.limits.engine()?;
-    let enricher = Arc::new(Enricher::new(catalogs.clone(), module_store::load(&engine, &args.modules, &catalogs)?));
-    let config = stream::RunConfig {
-        input_stream: args.input_stream,
-        output_stream: args.output_stream,
-        dead_letter_stream: args.dead_letter_stream,
-        checkpoints: args.checkpoints,
-        start_at: match args.start_at {
-            StartAtArg::TrimHorizon => stream::StartAt::TrimHorizon,
-            StartAtArg::Latest => stream::StartAt::Latest,
-        },
-        batch_size: args.batch_size,
-    };
+    let enricher =
+        Arc::new(Enricher::new(catalogs.clone(), module_store::load(&engine, &settings.modules, &catalogs)?));
+    let store: Arc<dyn CheckpointStore> = Arc::new(
+        FileCheckpoints::open(&settings.checkpoints, &settings.stream.input_stream)
+            .with_context(|| format!("opening checkpoints {}", settings.checkpoints.display()))?,
+    );
+    let metrics = Arc::new(Metrics::default());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async move {
-        let client = stream::aws::kinesis_client().await?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let endpoint = match settings.metrics_addr {
+            Some(addr) => Some(metrics::serve(addr, metrics.clone(), shutdown.clone()).await?),
+            None => None,
+        };
+        let client = stream::aws::kinesis_client().await?;
         tokio::spawn(async move {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .expect("installing a SIGTERM handler");
@@ -284,7 +263,10 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             tracing::info!("stopping: finishing in-flight batches, then checkpointing");
             let _ = stop.send(true);
         });
-        stream::run(client, config, enricher, shutdown).await?;
+        stream::run(client, settings.stream, store, enricher, metrics, shutdown).await?;
+        if let Some(endpoint) = endpoint {
+            let _ = endpoint.await;
+        }
         tracing::info!("stopped cleanly");
         Ok(ExitCode::SUCCESS)
     })

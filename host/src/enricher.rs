@@ -25,6 +25,24 @@ pub enum Outcome {
     },
 }
 
+/// One batch's outcomes, and what each region's module made of its share.
+#[derive(Debug)]
+pub struct Enriched {
+    /// One per input, in input order.
+    pub outcomes: Vec<Outcome>,
+    pub by_region: Vec<RegionTally>,
+}
+
+/// Counts of one region's share of a batch, for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionTally {
+    pub region: String,
+    pub module_version: String,
+    pub offers: u64,
+    /// Records the module trapped, timed out or ran out of memory on, or rejected.
+    pub failures: u64,
+}
+
 /// Routes, enriches and encodes.
 pub struct Enricher {
     catalogs: Arc<Catalogs>,
@@ -62,7 +80,7 @@ impl Enricher {
 
     /// One outcome per input, in order. Each region's records of the batch go
     /// to its module in one call.
-    pub fn enrich(&self, inputs: &[&[u8]]) -> Vec<Outcome> {
+    pub fn enrich(&self, inputs: &[&[u8]]) -> Enriched {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; inputs.len()];
         let mut by_region: HashMap<&str, RegionBatch<'_, '_>> = HashMap::new();
         for (i, input) in inputs.iter().enumerate() {
@@ -86,12 +104,22 @@ impl Enricher {
                 Route::Unknown(why) => outcomes[i] = Some(dead(Reason::UnknownRegion, &why, None, input)),
             }
         }
+        let mut tallies = Vec::with_capacity(by_region.len());
         for RegionBatch { rules, positions, signups } in by_region.into_values() {
             let batch: Vec<&SignUp<'_>> = signups.iter().collect();
             let results = rules.enrich(&batch);
             let info = rules.module().info();
             let encoder = &self.encoders[&rules.catalog().region];
+            let mut tally = RegionTally {
+                region: rules.catalog().region.clone(),
+                module_version: info.version.to_string(),
+                offers: 0,
+                failures: 0,
+            };
             for ((i, signup), result) in positions.into_iter().zip(&signups).zip(results) {
+                let ok = result.is_ok();
+                tally.offers += u64::from(ok);
+                tally.failures += u64::from(!ok);
                 outcomes[i] = Some(match result {
                     Ok(offers) => {
                         let mut line = Vec::with_capacity(512);
@@ -109,8 +137,10 @@ impl Enricher {
                     }
                 });
             }
+            tallies.push(tally);
         }
-        outcomes.into_iter().map(|o| o.expect("every input gets an outcome above")).collect()
+        let outcomes = outcomes.into_iter().map(|o| o.expect("every input gets an outcome above")).collect();
+        Enriched { outcomes, by_region: tallies }
     }
 
     fn route(&self, signup: &SignUp<'_>) -> Route<'_> {

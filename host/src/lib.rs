@@ -2,6 +2,7 @@
 //! by that region's WebAssembly offer-rule module.
 //!
 //! # Layout
+//! - [`config_file`]: TOML files people write, with errors that name file, key and line.
 //! - [`catalog`]: region routing and plan catalogs, validated on load.
 //! - [`signup`]: the sign-up wire format.
 //! - [`engine`]: wasmtime, narrowed to "load a module" and "enrich a batch".
@@ -10,13 +11,16 @@
 //! - [`record`]: the offer-record and dead-letter wire formats.
 //! - [`golden`]: golden cases for `offerd test`.
 //! - [`stream`]: `offerd run`, the Kinesis consumer.
+//! - [`metrics`]: Prometheus metrics and health endpoints of `offerd run`.
 //! - [`cli`]: the `offerd` command line.
 
 pub mod catalog;
 pub mod cli;
+pub mod config_file;
 pub mod engine;
 pub mod enricher;
 pub mod golden;
+pub mod metrics;
 pub mod module_store;
 pub mod record;
 pub mod signup;

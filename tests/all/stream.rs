@@ -2,7 +2,7 @@
 //! started by `cargo xtask test`). Each test has its own account, hence its
 //! own streams.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,6 +50,24 @@ impl Kinesis {
 
     async fn create(&self, name: &str, shards: i32) {
         self.client.create_stream().stream_name(name).shard_count(shards).send().await.unwrap();
+        self.wait_active(name).await;
+    }
+
+    /// Puts each round in one call: records of one key keep their order.
+    /// Returns where each record landed: (shard id, sequence number).
+    async fn put(&self, stream: &str, records: &[(String, String)]) -> Vec<(String, Seq)> {
+        let entries: Vec<PutRecordsRequestEntry> = records
+            .iter()
+            .map(|(key, data)| {
+                PutRecordsRequestEntry::builder().partition_key(key).data(Blob::new(data.as_bytes())).build().unwrap()
+            })
+            .collect();
+        let out = self.client.put_records().stream_name(stream).set_records(Some(entries)).send().await.unwrap();
+        assert_eq!(out.failed_record_count(), Some(0));
+        out.records().iter().map(|r| (r.shard_id().unwrap().to_owned(), seq_of(r.sequence_number().unwrap()))).collect()
+    }
+
+    async fn wait_active(&self, name: &str) {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let d = self.client.describe_stream_summary().stream_name(name).send().await.unwrap();
@@ -59,18 +77,6 @@ impl Kinesis {
             assert!(Instant::now() < deadline, "{name} never became active");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-
-    /// Puts each round in one call: records of one key keep their order.
-    async fn put(&self, stream: &str, records: &[(String, String)]) {
-        let entries: Vec<PutRecordsRequestEntry> = records
-            .iter()
-            .map(|(key, data)| {
-                PutRecordsRequestEntry::builder().partition_key(key).data(Blob::new(data.as_bytes())).build().unwrap()
-            })
-            .collect();
-        let out = self.client.put_records().stream_name(stream).set_records(Some(entries)).send().await.unwrap();
-        assert_eq!(out.failed_record_count(), Some(0));
     }
 
     /// Every record of every shard, in shard order.
@@ -113,10 +119,11 @@ impl Kinesis {
         }
     }
 
-    fn offerd(&self, streams: &Streams, checkpoints: &Path, modules: &Path) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_offerd-cli"))
+    fn offerd(&self, streams: &Streams, checkpoints: &Path, modules: &Path, extra: &[&str]) -> Offerd {
+        let child = Command::new(env!("CARGO_BIN_EXE_offerd-cli"))
             .args(["run", "--input-stream", &streams.input, "--output-stream", &streams.output])
-            .args(["--dead-letter-stream", &streams.dlq, "--batch-size", "50"])
+            .args(["--dead-letter-stream", &streams.dlq])
+            .args(extra)
             .arg("--modules")
             .arg(modules)
             .arg("--catalogs")
@@ -130,7 +137,45 @@ impl Kinesis {
             .env("OFFERD_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
-            .unwrap()
+            .unwrap();
+        Offerd(Some(child))
+    }
+}
+
+/// A running `offerd run`, killed if the test fails before stopping it.
+struct Offerd(Option<Child>);
+
+impl Offerd {
+    /// SIGINT, then the process must exit 0 within the bound.
+    fn stop(mut self) {
+        let mut child = self.0.take().unwrap();
+        let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "offerd exited with {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "offerd did not stop within 30 s of SIGINT");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    fn kill_9(mut self) {
+        let mut child = self.0.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Offerd {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -148,18 +193,37 @@ async fn streams(k: &Kinesis, input_shards: i32) -> Streams {
     s
 }
 
-/// SIGINT, then the process must exit 0 within the bound.
-fn stop(mut child: Child) {
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// A loopback address nothing listens on yet.
+fn free_addr() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
+}
+
+/// A plain HTTP/1.0 GET: (status, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// Polls `/metrics` until it holds `line`; the endpoint may not be bound yet.
+fn wait_for_metric(addr: &str, line: &str) -> String {
+    let deadline = Instant::now() + DEADLINE;
     loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "offerd exited with {status}");
-            return;
+        if std::net::TcpStream::connect(addr).is_ok() {
+            let (status, text) = http_get(addr, "/metrics");
+            assert_eq!(status, 200);
+            if text.lines().any(|l| l == line) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "no line {line:?} in\n{text}");
         }
-        assert!(Instant::now() < deadline, "offerd did not stop within 30 s of SIGINT");
-        std::thread::sleep(Duration::from_millis(50));
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -201,9 +265,18 @@ async fn four_shards_in_order_with_dead_letters() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_with("reference");
     let checkpoints = dir.path().join("checkpoints.json");
-    let child = k.offerd(&s, &checkpoints, store.path());
+    let metrics = free_addr();
+    let child = k.offerd(&s, &checkpoints, store.path(), &["--metrics-addr", &metrics, "--batch-size", "50"]);
     let (offers, dead) = k.wait_for(&s.output, &s.dlq, 123).await;
-    stop(child);
+    let text = wait_for_metric(&metrics, r#"offerd_offers_total{region="europe",module_version="0.1.0"} 120"#);
+    assert!(text.contains(r#"offerd_dead_letters_total{reason="invalid-record"} 2"#), "{text}");
+    assert!(text.contains(r#"offerd_dead_letters_total{reason="unknown-region"} 1"#), "{text}");
+    assert!(text.contains("offerd_shards_reading 4"), "{text}");
+    assert!(text.contains(r#"offerd_millis_behind_latest{shard_id="shardId-000000000003"}"#), "{text}");
+    assert!(text.contains("offerd_batch_seconds_count"), "{text}");
+    assert_eq!(http_get(&metrics, "/readyz").0, 200);
+    assert_eq!(http_get(&metrics, "/healthz"), (200, "ok\n".to_owned()));
+    child.stop();
 
     assert_eq!(offers.len(), 120);
     let mut by_user: BTreeMap<&str, Vec<Seq>> = BTreeMap::new();
@@ -252,17 +325,180 @@ async fn restart_resumes_from_the_checkpoint() {
     let checkpoints = dir.path().join("checkpoints.json");
     let first: Vec<(String, String)> = (0..30).map(|i| (format!("a{i}"), signup(&format!("a{i}"), i))).collect();
     k.put(&s.input, &first).await;
-    let child = k.offerd(&s, &checkpoints, store.path());
+    let child = k.offerd(&s, &checkpoints, store.path(), &[]);
     k.wait_for(&s.output, &s.dlq, 30).await;
-    stop(child);
+    child.stop();
 
     let second: Vec<(String, String)> = (0..30).map(|i| (format!("b{i}"), signup(&format!("b{i}"), i))).collect();
     k.put(&s.input, &second).await;
-    let child = k.offerd(&s, &checkpoints, store.path());
+    let child = k.offerd(&s, &checkpoints, store.path(), &[]);
     let (offers, dead) = k.wait_for(&s.output, &s.dlq, 60).await;
-    stop(child);
+    child.stop();
     assert!(dead.is_empty());
     let users: HashSet<&str> = offers.iter().map(|o| o["user_id"].as_str().unwrap()).collect();
     assert_eq!(users.len(), 60);
     assert_eq!(offers.len(), 60, "a clean stop and restart repeats nothing");
+}
+
+/// Per key, the rounds of its outputs in output-stream order, given where
+/// each input landed. Panics on an output whose source is not an input.
+fn rounds_by_user(offers: &[Value], landed: &HashMap<(String, Seq), usize>) -> BTreeMap<String, Vec<usize>> {
+    let mut by_user: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for o in offers {
+        let source = (o["source"]["shard_id"].as_str().unwrap().to_owned(), seq(o));
+        let round = *landed.get(&source).unwrap_or_else(|| panic!("output from no input: {o}"));
+        by_user.entry(o["user_id"].as_str().unwrap().to_owned()).or_default().push(round);
+    }
+    by_user
+}
+
+/// The shard whose hash range starts at `start`.
+async fn shard_starting_at(k: &Kinesis, stream: &str, start: &str) -> (String, String, String) {
+    let shards = k.client.list_shards().stream_name(stream).send().await.unwrap();
+    let s = shards.shards().iter().find(|s| s.hash_key_range().unwrap().starting_hash_key() == start).unwrap();
+    let range = s.hash_key_range().unwrap();
+    (s.shard_id().to_owned(), range.starting_hash_key().to_owned(), range.ending_hash_key().to_owned())
+}
+
+/// Records put before a split, between a split and a merge, and after the
+/// merge all come out once, and each key's records come out in the order
+/// they were put: children wait until their parents are drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_and_merge_mid_stream_keep_per_key_order() {
+    let k = Kinesis::new().await;
+    let s = streams(&k, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with("reference");
+    let checkpoints = dir.path().join("checkpoints.json");
+    let child = k.offerd(&s, &checkpoints, store.path(), &["--batch-size", "7"]);
+    let mut landed: HashMap<(String, Seq), usize> = HashMap::new();
+    let mut put_round = async |round: usize| {
+        let batch: Vec<(String, String)> =
+            (0..12).map(|u| (format!("u{u}"), signup(&format!("u{u}"), round))).collect();
+        for source in k.put(&s.input, &batch).await {
+            landed.insert(source, round);
+        }
+    };
+    for round in 0..3 {
+        put_round(round).await;
+    }
+    // Split the first shard in two halves.
+    let (first, start, end) = shard_starting_at(&k, &s.input, "0").await;
+    let mid = (start.parse::<u128>().unwrap() + end.parse::<u128>().unwrap()) / 2;
+    k.client
+        .split_shard()
+        .stream_name(&s.input)
+        .shard_to_split(&first)
+        .new_starting_hash_key(mid.to_string())
+        .send()
+        .await
+        .unwrap();
+    k.wait_active(&s.input).await;
+    for round in 3..6 {
+        put_round(round).await;
+    }
+    // Merge the upper half with the second original shard.
+    let (upper, ..) = shard_starting_at(&k, &s.input, &mid.to_string()).await;
+    let (second, ..) = shard_starting_at(&k, &s.input, &(end.parse::<u128>().unwrap() + 1).to_string()).await;
+    k.client
+        .merge_shards()
+        .stream_name(&s.input)
+        .shard_to_merge(&upper)
+        .adjacent_shard_to_merge(&second)
+        .send()
+        .await
+        .unwrap();
+    k.wait_active(&s.input).await;
+    for round in 6..9 {
+        put_round(round).await;
+    }
+    let (offers, dead) = k.wait_for(&s.output, &s.dlq, 108).await;
+    child.stop();
+
+    assert!(dead.is_empty(), "{dead:?}");
+    assert_eq!(offers.len(), 108, "each record once");
+    let shards_read: HashSet<&str> = offers.iter().map(|o| o["source"]["shard_id"].as_str().unwrap()).collect();
+    assert_eq!(shards_read.len(), 5, "parents, split children and the merged child: {shards_read:?}");
+    for (user, rounds) in rounds_by_user(&offers, &landed) {
+        assert_eq!(rounds, (0..9).collect::<Vec<_>>(), "{user}: outputs out of put order");
+    }
+    let saved: Value = serde_json::from_slice(&std::fs::read(&checkpoints).unwrap()).unwrap();
+    for parent in [&first, &upper, &second] {
+        assert_eq!(saved["shards"][parent.as_str()], "SHARD_END", "{parent} checkpointed at its end");
+    }
+}
+
+/// `kill -9` mid-stream, then a restart: every input comes out at least
+/// once, and only the batches that were not yet checkpointed come out twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_then_restart_loses_nothing() {
+    const BATCH: usize = 2;
+    let k = Kinesis::new().await;
+    let s = streams(&k, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with("reference");
+    let checkpoints = dir.path().join("checkpoints.json");
+    let mut inputs: HashSet<(String, Seq)> = HashSet::new();
+    let first: Vec<(String, String)> = (0..60).map(|i| (format!("a{i}"), signup(&format!("a{i}"), i))).collect();
+    inputs.extend(k.put(&s.input, &first).await);
+
+    let child = k.offerd(&s, &checkpoints, store.path(), &["--batch-size", &BATCH.to_string()]);
+    k.wait_for(&s.output, &s.dlq, 10).await;
+    child.kill_9();
+    let (before, _) = k.wait_for(&s.output, &s.dlq, 0).await;
+    assert!(before.len() < 60, "killed mid-stream, not after the end ({} outputs)", before.len());
+
+    let second: Vec<(String, String)> = (0..20).map(|i| (format!("b{i}"), signup(&format!("b{i}"), i))).collect();
+    inputs.extend(k.put(&s.input, &second).await);
+    let child = k.offerd(&s, &checkpoints, store.path(), &["--batch-size", &BATCH.to_string()]);
+    let deadline = Instant::now() + DEADLINE;
+    let offers = loop {
+        let (offers, dead) = k.wait_for(&s.output, &s.dlq, 80).await;
+        assert!(dead.is_empty(), "{dead:?}");
+        let seen: HashSet<(String, Seq)> =
+            offers.iter().map(|o| (o["source"]["shard_id"].as_str().unwrap().to_owned(), seq(o))).collect();
+        if inputs.is_subset(&seen) {
+            break offers;
+        }
+        assert!(Instant::now() < deadline, "{} of 80 inputs came out", inputs.intersection(&seen).count());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    child.stop();
+    let duplicates = offers.len() - inputs.len();
+    assert!(duplicates <= 2 * BATCH, "{duplicates} duplicates: more than one uncheckpointed batch per shard");
+}
+
+/// The output stream vanishes mid-run and comes back: offerd retries the
+/// writes, holds its checkpoint, and publishes everything once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_and_recreated_output_stream_is_retried() {
+    let k = Kinesis::new().await;
+    let s = streams(&k, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with("reference");
+    let checkpoints = dir.path().join("checkpoints.json");
+    let metrics = free_addr();
+    let child = k.offerd(&s, &checkpoints, store.path(), &["--metrics-addr", &metrics]);
+    let first: Vec<(String, String)> = (0..10).map(|i| (format!("a{i}"), signup(&format!("a{i}"), i))).collect();
+    k.put(&s.input, &first).await;
+    k.wait_for(&s.output, &s.dlq, 10).await;
+
+    k.client.delete_stream().stream_name(&s.output).send().await.unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while k.client.describe_stream_summary().stream_name(&s.output).send().await.is_ok() {
+        assert!(Instant::now() < deadline, "{} was never deleted", s.output);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second: Vec<(String, String)> = (0..10).map(|i| (format!("b{i}"), signup(&format!("b{i}"), i))).collect();
+    k.put(&s.input, &second).await;
+    // Read, and stuck publishing: nothing counted as an offer yet.
+    let text = wait_for_metric(&metrics, r#"offerd_records_read_total{shard_id="shardId-000000000000"} 20"#);
+    assert!(text.contains(r#"offerd_offers_total{region="europe",module_version="0.1.0"} 10"#), "{text}");
+
+    k.create(&s.output, 1).await;
+    let (offers, _) = k.wait_for(&s.output, &s.dlq, 10).await;
+    child.stop();
+    let users: BTreeSet<&str> = offers.iter().map(|o| o["user_id"].as_str().unwrap()).collect();
+    let expected: BTreeSet<String> = (0..10).map(|i| format!("b{i}")).collect();
+    assert_eq!(users, expected.iter().map(String::as_str).collect());
 }

@@ -1,85 +1,330 @@
-//! `cargo xtask demo`: the main job on local defaults, end to end.
+//! `cargo xtask demo`: the main job end to end on local defaults. Starts
+//! kinesis-local (unless `AWS_ENDPOINT_URL` is set), creates the streams,
+//! runs `offerd run`, writes realistic sign-ups at a steady rate, shows live
+//! progress from offerd's metrics, prints a few offers and stops offerd.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType, StreamStatus};
 use serde_json::Value;
 
-pub fn run(count: usize) -> Result<()> {
+use xtask::kinesis_local::{KinesisLocal, npm_ci};
+
+/// Longest the demo waits for offerd to catch up after the last put.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub struct Options {
+    pub signups: usize,
+    /// Sign-ups written per second.
+    pub rate: usize,
+}
+
+/// The three streams of one demo run; named per run so a long-lived server
+/// (`AWS_ENDPOINT_URL`) never mixes runs.
+struct Streams {
+    input: String,
+    output: String,
+    dead_letters: String,
+}
+
+pub fn run(options: &Options) -> Result<()> {
     let root = xtask::workspace_root();
     let work = root.join("target/demo");
     let modules = work.join("modules");
     std::fs::create_dir_all(&modules)?;
     xtask::ensure_guest_target()?;
-    println!("building the reference rules module…");
+    println!("building the reference rules module and offerd…");
     std::fs::write(modules.join("default.wasm"), xtask::build_component("offer-rules")?)?;
+    xtask::cargo(&["build", "--quiet", "--package", "offerd"])?;
 
+    // A local Kinesis unless the caller points at one.
+    let (_server, endpoint) = match std::env::var("AWS_ENDPOINT_URL") {
+        Ok(endpoint) => (None, endpoint),
+        Err(_) => {
+            if !root.join("node_modules/kinesis-local/main.js").is_file() {
+                npm_ci(&root)?;
+            }
+            let server = KinesisLocal::start(&root)?;
+            println!("kinesis-local listening on {}", server.endpoint);
+            let endpoint = server.endpoint.clone();
+            (Some(server), endpoint)
+        }
+    };
+    // Local servers take any credentials; real ones come from the usual chain.
+    let local = std::env::var("AWS_ENDPOINT_URL").is_err();
+    let aws_env: Vec<(&str, String)> = if local {
+        vec![
+            ("AWS_ENDPOINT_URL", endpoint.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "demo".into()),
+            ("AWS_SECRET_ACCESS_KEY", "demo".into()),
+        ]
+    } else {
+        Vec::new()
+    };
+    let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let streams = Streams {
+        input: format!("demo-{run_id}-signups"),
+        output: format!("demo-{run_id}-offers"),
+        dead_letters: format!("demo-{run_id}-dead-letters"),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client = client(&aws_env).await;
+        for (name, shards) in [(&streams.input, 4), (&streams.output, 2), (&streams.dead_letters, 1)] {
+            create_stream(&client, name, shards).await?;
+        }
+        println!("streams: {} (4 shards) → {} + {}", streams.input, streams.output, streams.dead_letters);
+        let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+        let checkpoints = work.join("checkpoints.json");
+        let _ = std::fs::remove_file(&checkpoints);
+        let offerd = spawn_offerd(&root, &streams, &modules, &checkpoints, &metrics_addr, &aws_env)?;
+        let result = drive(&client, &streams, &root, options, &metrics_addr).await;
+        stop(offerd)?;
+        result?;
+        show_samples(&client, &streams).await
+    })
+}
+
+async fn client(aws_env: &[(&str, String)]) -> Client {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    let get = |key: &str| aws_env.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
+    if let Some(endpoint) = get("AWS_ENDPOINT_URL") {
+        loader = loader
+            .endpoint_url(endpoint)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_kinesis::config::Credentials::new("demo", "demo", None, None, "demo"));
+    }
+    Client::new(&loader.load().await)
+}
+
+async fn create_stream(client: &Client, name: &str, shards: i32) -> Result<()> {
+    client
+        .create_stream()
+        .stream_name(name)
+        .shard_count(shards)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", aws_sdk_kinesis::error::DisplayErrorContext(e)))
+        .with_context(|| format!("creating stream {name}"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = client.describe_stream_summary().stream_name(name).send().await?;
+        if d.stream_description_summary().is_some_and(|s| s.stream_status() == &StreamStatus::Active) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("stream {name} did not become active within a minute");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn spawn_offerd(
+    root: &Path,
+    streams: &Streams,
+    modules: &Path,
+    checkpoints: &Path,
+    metrics_addr: &str,
+    aws_env: &[(&str, String)],
+) -> Result<Child> {
+    let binary = root.join("target/debug/offerd");
+    let mut command = Command::new(&binary);
+    command
+        .args(["run", "--input-stream", &streams.input, "--output-stream", &streams.output])
+        .args(["--dead-letter-stream", &streams.dead_letters, "--metrics-addr", metrics_addr])
+        .arg("--modules")
+        .arg(modules)
+        .arg("--catalogs")
+        .arg(root.join("catalogs"))
+        .arg("--checkpoints")
+        .arg(checkpoints)
+        .env("OFFERD_LOG", std::env::var("OFFERD_LOG").unwrap_or_else(|_| "warn".into()));
+    for (key, value) in aws_env {
+        command.env(key, value);
+    }
+    command.spawn().with_context(|| format!("starting {}", binary.display()))
+}
+
+/// Writes the sign-ups at the configured rate while printing progress once a
+/// second, then waits until every one came out as an offer or dead letter.
+async fn drive(client: &Client, streams: &Streams, root: &Path, options: &Options, metrics: &str) -> Result<()> {
     // One in fifty is malformed on purpose, to show the dead letters.
     let mut generator = xtask::signups::Generator::new(&root.join("catalogs/geonames/cities15000.csv"), 2026)?;
-    let mut input = String::new();
-    for line in generator.batch(count, Some(50)) {
-        writeln!(input, "{line}")?;
-    }
-    let (signups, offers, dead) =
-        (work.join("signups.jsonl"), work.join("offers.jsonl"), work.join("dead-letters.jsonl"));
-    std::fs::write(&signups, input)?;
-
-    println!("enriching {count} sign-ups…");
-    let path = |p: &std::path::Path| p.to_str().expect("the checkout path is UTF-8").to_owned();
-    xtask::cargo(&[
-        "run",
-        "--quiet",
-        "--package",
-        "offerd",
-        "--",
-        "enrich",
-        "--modules",
-        &path(&modules),
-        "--catalogs",
-        &path(&root.join("catalogs")),
-        "--input",
-        &path(&signups),
-        "--output",
-        &path(&offers),
-        "--dead-letters",
-        &path(&dead),
-    ])?;
-
-    let read = |p: &std::path::Path| -> Result<Vec<Value>> {
-        let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-        text.lines().map(|l| serde_json::from_str(l).context("offerd wrote a line that is not JSON")).collect()
-    };
-    let (offers_out, dead_out) = (read(&offers)?, read(&dead)?);
-    let mut by_region: BTreeMap<String, usize> = BTreeMap::new();
-    for o in &offers_out {
-        *by_region.entry(o["region"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
-    }
-    let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
-    for d in &dead_out {
-        *by_reason.entry(d["reason"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
-    }
-    println!("\n{count} sign-ups in → {} offer records + {} dead letters", offers_out.len(), dead_out.len());
-    println!("offer records by region: {by_region:?}");
-    println!("dead letters by reason:  {by_reason:?}");
-    println!("\na few offers:");
-    for o in offers_out.iter().step_by(offers_out.len().max(3) / 3).take(3) {
-        let first = &o["offers"][0];
+    let signups = generator.batch(options.signups, Some(50));
+    println!(
+        "writing {} sign-ups at {}/s (one in 50 malformed on purpose); progress from offerd's /metrics:",
+        options.signups, options.rate
+    );
+    let started = Instant::now();
+    let mut sent = 0;
+    let mut last = Progress::default();
+    let mut last_tick = Instant::now();
+    let mut drained_by: Option<Instant> = None;
+    let per_tick = (options.rate / 10).max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        if sent < signups.len() {
+            let end = (sent + per_tick).min(signups.len());
+            put(client, &streams.input, &signups[sent..end]).await?;
+            sent = end;
+        }
+        if last_tick.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        let now = Progress::scrape(metrics).unwrap_or_default();
+        let rate = (now.read - last.read) as f64 / last_tick.elapsed().as_secs_f64();
+        let regions: Vec<String> = now.offers_by_region.iter().map(|(r, n)| format!("{r} {n}")).collect();
         println!(
-            "  {} in {} ({}): {} for {} {} (rule {} {})",
+            "  {:>4.0}s  sent {sent:>6}  read {:>6} ({rate:>5.0}/s)  lag {:>5} ms  offers {:>6}  dead letters {:>4}  | {}",
+            started.elapsed().as_secs_f64(),
+            now.read,
+            now.lag_ms,
+            now.offers(),
+            now.dead_letters,
+            regions.join(", "),
+        );
+        (last, last_tick) = (now, Instant::now());
+        if sent == signups.len() {
+            if last.offers() + last.dead_letters >= signups.len() as u64 {
+                println!(
+                    "all {} sign-ups processed: {} offer records, {} dead letters",
+                    signups.len(),
+                    last.offers(),
+                    last.dead_letters
+                );
+                return Ok(());
+            }
+            if drained_by.get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT).elapsed() > Duration::ZERO {
+                bail!("offerd processed {} of {} sign-ups", last.offers() + last.dead_letters, signups.len());
+            }
+        }
+    }
+}
+
+async fn put(client: &Client, stream: &str, lines: &[String]) -> Result<()> {
+    let mut entries: Vec<PutRecordsRequestEntry> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| {
+            // Sign-ups are keyed by user; malformed ones may have none.
+            let key = serde_json::from_str::<Value>(line)
+                .ok()
+                .and_then(|v| v["user_id"].as_str().filter(|k| !k.is_empty()).map(str::to_owned))
+                .unwrap_or_else(|| format!("malformed-{i}"));
+            PutRecordsRequestEntry::builder().partition_key(key).data(Blob::new(line.as_bytes())).build()
+        })
+        .collect::<Result<_, _>>()?;
+    while !entries.is_empty() {
+        let out = client.put_records().stream_name(stream).set_records(Some(entries.clone())).send().await?;
+        let results = out.records();
+        entries = entries.into_iter().zip(results).filter(|(_, r)| r.error_code().is_some()).map(|(e, _)| e).collect();
+    }
+    Ok(())
+}
+
+/// What offerd's metrics say so far.
+#[derive(Default)]
+struct Progress {
+    read: u64,
+    offers_by_region: BTreeMap<String, u64>,
+    dead_letters: u64,
+    lag_ms: i64,
+}
+
+impl Progress {
+    fn offers(&self) -> u64 {
+        self.offers_by_region.values().sum()
+    }
+
+    fn scrape(addr: &str) -> Result<Self> {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(addr)?;
+        write!(conn, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+        let mut text = String::new();
+        conn.read_to_string(&mut text)?;
+        let mut progress = Self::default();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else { continue };
+            let value: f64 = value.parse().unwrap_or(0.0);
+            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+            let label = |key: &str| {
+                labels.split(',').find_map(|kv| kv.strip_prefix(key)?.strip_prefix("=\"")?.split('"').next())
+            };
+            match name {
+                "offerd_records_read_total" => progress.read += value as u64,
+                "offerd_dead_letters_total" => progress.dead_letters += value as u64,
+                "offerd_millis_behind_latest" => progress.lag_ms = progress.lag_ms.max(value as i64),
+                "offerd_offers_total" => {
+                    let region = label("region").unwrap_or("?").to_owned();
+                    *progress.offers_by_region.entry(region).or_default() += value as u64;
+                }
+                _ => {}
+            }
+        }
+        Ok(progress)
+    }
+}
+
+/// SIGINT, then offerd must exit 0: in-flight batches finish and checkpoint.
+fn stop(mut offerd: Child) -> Result<()> {
+    Command::new("kill").args(["-INT", &offerd.id().to_string()]).status()?;
+    let status = offerd.wait()?;
+    if !status.success() {
+        bail!("offerd exited with {status}");
+    }
+    println!("offerd stopped cleanly");
+    Ok(())
+}
+
+async fn show_samples(client: &Client, streams: &Streams) -> Result<()> {
+    let first = |stream: &str| {
+        let stream = stream.to_owned();
+        async move {
+            let iterator = client
+                .get_shard_iterator()
+                .stream_name(&stream)
+                .shard_id("shardId-000000000000")
+                .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                .send()
+                .await?;
+            let out = client
+                .get_records()
+                .shard_iterator(iterator.shard_iterator().unwrap_or_default())
+                .limit(3)
+                .send()
+                .await?;
+            let values: Vec<Value> =
+                out.records().iter().filter_map(|r| serde_json::from_slice(r.data().as_ref()).ok()).collect();
+            anyhow::Ok(values)
+        }
+    };
+    println!("\na few offer records from {}:", streams.output);
+    for o in first(&streams.output).await? {
+        let best = &o["offers"][0];
+        println!(
+            "  {} in {} ({}): {} for {:.2} {}, rule {} {}, from {} #{}",
             o["user_id"].as_str().unwrap_or("?"),
             o["country"].as_str().unwrap_or("?"),
             o["region"].as_str().unwrap_or("?"),
-            first["name"],
-            first["monthly_price"]["amount_minor"].as_u64().unwrap_or(0) as f64 / 100.0,
-            first["monthly_price"]["currency"].as_str().unwrap_or("?"),
+            best["name"],
+            best["monthly_price"]["amount_minor"].as_u64().unwrap_or(0) as f64 / 100.0,
+            best["monthly_price"]["currency"].as_str().unwrap_or("?"),
             o["rule"]["version"].as_str().unwrap_or("?"),
             o["rule"]["digest"].as_str().unwrap_or("?").get(..19).unwrap_or("?"),
+            o["source"]["shard_id"].as_str().unwrap_or("?"),
+            o["source"]["sequence_number"].as_str().unwrap_or("?"),
         );
     }
-    if let Some(d) = dead_out.first() {
-        println!("\na dead letter:\n  {d}");
+    if let Some(d) = first(&streams.dead_letters).await?.first() {
+        println!("\na dead letter from {}:\n  {d}", streams.dead_letters);
     }
-    println!("\nfiles: {}", work.display());
     Ok(())
 }

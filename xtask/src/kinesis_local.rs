@@ -55,6 +55,12 @@ impl KinesisLocal {
             .env("CREATE_STREAM_DURATION", "0ms")
             .env("DELETE_STREAM_DURATION", "0ms")
             .env("UPDATE_SHARD_COUNT_DURATION", "0ms")
+            .env("SPLIT_SHARD_DURATION", "0ms")
+            .env("MERGE_SHARDS_DURATION", "0ms")
+            .env("REGISTER_STREAM_CONSUMER_DURATION", "0ms")
+            // The limit counts the shards of every account on the server;
+            // tests run in parallel, each with its own account.
+            .env("SHARD_LIMIT", "100000")
             .env("LOG_LEVEL", "ERROR")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

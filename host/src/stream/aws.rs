@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use aws_config::BehaviorVersion;
 use aws_sdk_kinesis::config::ProvideCredentials;
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 
 /// Longest wait for credentials: on a machine without any, the chain ends at
 /// the instance metadata service, which can stall for many seconds.
@@ -31,4 +32,20 @@ pub async fn kinesis_client() -> anyhow::Result<aws_sdk_kinesis::Client> {
         })?
         .context("no usable AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE")?;
     Ok(aws_sdk_kinesis::Client::new(&config))
+}
+
+/// An SDK error in one line: a service error's code and message, or the
+/// whole chain of causes of a transport error. (The SDK's own `Display` says
+/// only "service error"; its full context dumps the raw response.)
+pub(crate) fn explain<E, R>(e: &SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match e {
+        SdkError::ServiceError(s) => {
+            format!("{}: {}", s.err().code().unwrap_or("service error"), s.err().message().unwrap_or("(no message)"))
+        }
+        other => aws_sdk_kinesis::error::DisplayErrorContext(other).to_string(),
+    }
 }

@@ -10,17 +10,42 @@ use std::sync::Mutex;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+/// How far a shard has been processed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checkpoint {
+    /// Every record up to and including this sequence number.
+    At(String),
+    /// A closed shard read to its end: its children may start.
+    ShardEnd,
+}
+
+/// How [`Checkpoint::ShardEnd`] is stored (the Kinesis Client Library's word).
+const SHARD_END: &str = "SHARD_END";
+
+impl Checkpoint {
+    fn parse(stored: &str) -> Self {
+        if stored == SHARD_END { Self::ShardEnd } else { Self::At(stored.to_owned()) }
+    }
+
+    fn as_stored(&self) -> &str {
+        match self {
+            Self::At(seq) => seq,
+            Self::ShardEnd => SHARD_END,
+        }
+    }
+}
+
 /// Where checkpoints live. Calls are blocking; callers run them off the
 /// async threads.
 pub trait CheckpointStore: Send + Sync {
-    /// The last checkpointed sequence number of a shard.
-    fn get(&self, shard_id: &str) -> Option<String>;
+    /// The last checkpoint of a shard.
+    fn get(&self, shard_id: &str) -> Option<Checkpoint>;
 
-    /// Records `sequence_number` as processed, durably, before returning.
+    /// Records `checkpoint`, durably, before returning.
     ///
     /// # Errors
     /// The checkpoint could not be made durable.
-    fn set(&self, shard_id: &str, sequence_number: &str) -> anyhow::Result<()>;
+    fn set(&self, shard_id: &str, checkpoint: &Checkpoint) -> anyhow::Result<()>;
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -65,14 +90,15 @@ impl FileCheckpoints {
 }
 
 impl CheckpointStore for FileCheckpoints {
-    fn get(&self, shard_id: &str) -> Option<String> {
-        self.state.lock().expect("checkpoint lock is never held across a panic").shards.get(shard_id).cloned()
+    fn get(&self, shard_id: &str) -> Option<Checkpoint> {
+        let state = self.state.lock().expect("checkpoint lock is never held across a panic");
+        state.shards.get(shard_id).map(|stored| Checkpoint::parse(stored))
     }
 
-    fn set(&self, shard_id: &str, sequence_number: &str) -> anyhow::Result<()> {
+    fn set(&self, shard_id: &str, checkpoint: &Checkpoint) -> anyhow::Result<()> {
         // Held across the write so two shards cannot interleave their renames.
         let mut state = self.state.lock().expect("checkpoint lock is never held across a panic");
-        state.shards.insert(shard_id.to_owned(), sequence_number.to_owned());
+        state.shards.insert(shard_id.to_owned(), checkpoint.as_stored().to_owned());
         let bytes = serde_json::to_vec_pretty(&*state).expect("a map of strings always serialises");
         let tmp = self.path.with_extension("tmp");
         let mut file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
@@ -94,13 +120,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cp.json");
         let store = FileCheckpoints::open(&path, "signups").unwrap();
+        let at = |s: &str| Checkpoint::At(s.to_owned());
         assert_eq!(store.get("shardId-0"), None);
-        store.set("shardId-0", "49").unwrap();
-        store.set("shardId-1", "50").unwrap();
-        store.set("shardId-0", "51").unwrap();
+        store.set("shardId-0", &at("49")).unwrap();
+        store.set("shardId-1", &at("50")).unwrap();
+        store.set("shardId-0", &at("51")).unwrap();
+        store.set("shardId-2", &Checkpoint::ShardEnd).unwrap();
         let reopened = FileCheckpoints::open(&path, "signups").unwrap();
-        assert_eq!(reopened.get("shardId-0").as_deref(), Some("51"));
-        assert_eq!(reopened.get("shardId-1").as_deref(), Some("50"));
+        assert_eq!(reopened.get("shardId-0"), Some(at("51")));
+        assert_eq!(reopened.get("shardId-1"), Some(at("50")));
+        assert_eq!(reopened.get("shardId-2"), Some(Checkpoint::ShardEnd));
         let err = FileCheckpoints::open(&path, "other").err().unwrap();
         assert!(err.to_string().contains("not \"other\""), "{err}");
         assert!(!path.with_extension("tmp").exists());

@@ -12,22 +12,28 @@ pub mod checkpoint;
 mod shard;
 pub mod sink;
 
-use std::path::PathBuf;
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::types::Shard;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::enricher::Enricher;
-use checkpoint::CheckpointStore;
+use crate::metrics::Metrics;
+use checkpoint::{Checkpoint, CheckpointStore};
+use shard::ShardExit;
 
 /// Where a shard without a checkpoint starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartAt {
     TrimHorizon,
     Latest,
+    /// The first record written at or after this time.
+    Timestamp(SystemTime),
 }
 
 /// What `offerd run` needs besides the enricher.
@@ -36,66 +42,133 @@ pub struct RunConfig {
     pub output_stream: String,
     /// Records that cannot be enriched, with the reason.
     pub dead_letter_stream: String,
-    pub checkpoints: PathBuf,
     pub start_at: StartAt,
-    /// Most records per GetRecords call, hence per batch.
-    pub batch_size: i32,
+    /// Most records per batch (and per GetRecords call), at most 10,000.
+    pub batch_size: usize,
+    /// How long a shard gathers records before processing a batch smaller
+    /// than `batch_size` (Lambda's MaximumBatchingWindowInSeconds). Zero
+    /// processes whatever one GetRecords call returned.
+    pub batch_window: Duration,
 }
 
 /// How often the shard list is read again, to pick up shards created by resharding.
 const RELIST_EVERY: Duration = Duration::from_secs(10);
+/// Pause before a failed shard is started again from its checkpoint.
+const RESTART_AFTER: Duration = Duration::from_secs(1);
 
 /// Runs until `shutdown` turns true, then lets every shard finish its batch,
 /// write and checkpoint, and returns.
 ///
+/// Shards are read concurrently. A child shard (from a split or merge) starts
+/// only once its parents are drained and checkpointed at their end, so the
+/// records of one partition key keep their order across resharding. A shard
+/// task that fails is restarted from its checkpoint.
+///
 /// # Errors
-/// The checkpoint store cannot be opened or the input stream cannot be listed.
+/// A stream does not exist or cannot be reached at start-up.
 pub async fn run(
     client: Client,
     config: RunConfig,
+    store: Arc<dyn CheckpointStore>,
     enricher: Arc<Enricher>,
+    metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let store: Arc<dyn CheckpointStore> = Arc::new(
-        checkpoint::FileCheckpoints::open(&config.checkpoints, &config.input_stream)
-            .with_context(|| format!("opening checkpoints {}", config.checkpoints.display()))?,
-    );
     let config = Arc::new(config);
-    let mut running = std::collections::HashMap::new();
+    // Fails start-up on a missing stream or unusable credentials.
+    let mut shards = list_shards(&client, &config.input_stream).await?;
+    for (what, stream) in [("output", &config.output_stream), ("dead-letter", &config.dead_letter_stream)] {
+        client
+            .describe_stream_summary()
+            .stream_name(stream)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!(aws::explain(&e)))
+            .with_context(|| format!("checking the {what} stream {stream:?}"))?;
+    }
+    let mut tasks: JoinSet<(String, anyhow::Result<ShardExit>)> = JoinSet::new();
+    let mut running: HashSet<String> = HashSet::new();
+    let mut drained: HashSet<String> = HashSet::new();
+    let mut next_list = Instant::now() + RELIST_EVERY;
     loop {
-        let shards = list_shards(&client, &config.input_stream).await?;
-        for shard_id in shards {
-            if running.contains_key(&shard_id) {
+        let listed: HashSet<&str> = shards.iter().map(|s| s.shard_id()).collect();
+        for shard in &shards {
+            let id = shard.shard_id();
+            if running.contains(id) || drained.contains(id) {
                 continue;
             }
-            tracing::info!(shard_id, "consuming shard");
-            let task = shard::ShardReader {
+            if store.get(id) == Some(Checkpoint::ShardEnd) {
+                drained.insert(id.to_owned());
+                continue;
+            }
+            // A parent no longer listed has aged out of retention: nothing to wait for.
+            let waiting_for = [shard.parent_shard_id(), shard.adjacent_parent_shard_id()]
+                .into_iter()
+                .flatten()
+                .find(|p| listed.contains(p) && !drained.contains(*p));
+            if let Some(parent) = waiting_for {
+                tracing::debug!(shard_id = id, parent, "waiting for the parent shard to drain");
+                continue;
+            }
+            tracing::info!(shard_id = id, "consuming shard");
+            let reader = shard::ShardReader {
                 client: client.clone(),
                 config: config.clone(),
                 enricher: enricher.clone(),
                 store: store.clone(),
-                shard_id: shard_id.clone(),
+                metrics: metrics.clone(),
+                shard_id: id.to_owned(),
                 shutdown: shutdown.clone(),
             };
-            running.insert(shard_id, tokio::spawn(task.run()));
+            let shard_id = id.to_owned();
+            metrics.shard_started();
+            tasks.spawn(async move { (shard_id, reader.run().await) });
+            running.insert(id.to_owned());
         }
+        metrics.set_ready(true);
         tokio::select! {
-            _ = tokio::time::sleep(RELIST_EVERY) => {}
+            _ = tokio::time::sleep_until(next_list.into()) => {}
+            Some(joined) = tasks.join_next() => {
+                let (shard_id, result) = joined.context("a shard task panicked")?;
+                running.remove(&shard_id);
+                metrics.shard_stopped(&shard_id);
+                match result {
+                    Ok(ShardExit::Drained) => {
+                        drained.insert(shard_id);
+                        // Its children can start now, not at the next periodic listing.
+                        next_list = Instant::now();
+                    }
+                    Ok(ShardExit::Stopped) => {}
+                    Err(e) => {
+                        tracing::error!(shard_id, error = %format!("{e:#}"), "shard failed; restarting it from its checkpoint");
+                        next_list = Instant::now() + RESTART_AFTER;
+                    }
+                }
+                continue;
+            }
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
+        match list_shards(&client, &config.input_stream).await {
+            Ok(fresh) => shards = fresh,
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "listing shards failed; keeping the last list"),
+        }
+        next_list = Instant::now() + RELIST_EVERY;
     }
-    for (shard_id, task) in running {
-        match task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(shard_id, error = %format!("{e:#}"), "shard stopped with an error"),
-            Err(e) => tracing::error!(shard_id, error = %e, "shard task panicked"),
+    metrics.set_ready(false);
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((_, Ok(_))) => {}
+            Ok((shard_id, Err(e))) => {
+                tracing::error!(shard_id, error = %format!("{e:#}"), "shard stopped with an error")
+            }
+            Err(e) => tracing::error!(error = %e, "shard task panicked"),
         }
     }
     Ok(())
 }
 
-/// Every shard id of the stream, following ListShards pages.
-async fn list_shards(client: &Client, stream: &str) -> anyhow::Result<Vec<String>> {
+/// Every shard of the stream (open and closed), following ListShards pages.
+async fn list_shards(client: &Client, stream: &str) -> anyhow::Result<Vec<Shard>> {
     let mut shards = Vec::new();
     let mut token: Option<String> = None;
     loop {
@@ -104,8 +177,12 @@ async fn list_shards(client: &Client, stream: &str) -> anyhow::Result<Vec<String
             Some(t) => client.list_shards().next_token(t),
             None => client.list_shards().stream_name(stream),
         };
-        let page = request.send().await.with_context(|| format!("listing the shards of {stream}"))?;
-        shards.extend(page.shards().iter().map(|s| s.shard_id().to_owned()));
+        let page = request
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!(aws::explain(&e)))
+            .with_context(|| format!("listing the shards of {stream}"))?;
+        shards.extend_from_slice(page.shards());
         match page.next_token() {
             Some(t) => token = Some(t.to_owned()),
             None => return Ok(shards),

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
@@ -57,9 +56,9 @@ pub async fn put_all(client: &Client, stream: &str, entries: Vec<Entry>) -> anyh
             Err(e) => {
                 let service = e.as_service_error();
                 if service.is_some_and(|s| s.is_invalid_argument_exception()) {
-                    return Err(e).with_context(|| format!("Kinesis refused records for {stream}"));
+                    anyhow::bail!("Kinesis refused records for {stream}: {}", super::aws::explain(&e));
                 }
-                tracing::warn!(stream, error = %aws_sdk_kinesis::error::DisplayErrorContext(&e), "PutRecords failed; retrying");
+                tracing::warn!(stream, error = %super::aws::explain(&e), "PutRecords failed; retrying");
                 pending.splice(0..0, chunk);
                 backoff = sleep_backoff(backoff).await;
             }

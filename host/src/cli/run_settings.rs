@@ -1,0 +1,187 @@
+//! `offerd run` settings: command-line flags, or the same keys in a TOML file
+//! given with `--config`; a flag wins over the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Deserialize;
+
+use crate::config_file;
+use crate::stream::{RunConfig, StartAt};
+
+/// AWS settings come from the standard chain: AWS_REGION, credentials, AWS_ENDPOINT_URL.
+/// Every flag can also be given as a key of `--config FILE` (`input-stream = "signups"`).
+#[derive(Args, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RunSettings {
+    /// Stream of sign-ups.
+    #[arg(long, value_name = "NAME")]
+    input_stream: Option<String>,
+    /// Stream the offer records go to (partition key: user_id).
+    #[arg(long, value_name = "NAME")]
+    output_stream: Option<String>,
+    /// Stream the dead letters go to [default: <input-stream>-dead-letters].
+    #[arg(long, value_name = "NAME")]
+    dead_letter_stream: Option<String>,
+    /// Module store: `<region>.wasm` per region, `default.wasm` for the rest.
+    #[arg(long, value_name = "DIR")]
+    modules: Option<PathBuf>,
+    /// Catalog directory: `regions.toml` and `<region>.toml`.
+    #[arg(long, value_name = "DIR")]
+    catalogs: Option<PathBuf>,
+    /// Checkpoint file, created if missing [default: offerd-checkpoints.json].
+    #[arg(long, value_name = "PATH")]
+    checkpoints: Option<PathBuf>,
+    /// Where shards without a checkpoint start: trim-horizon, latest or an
+    /// RFC 3339 time [default: trim-horizon].
+    #[arg(long, value_name = "WHERE")]
+    start_at: Option<String>,
+    /// Most records per batch and per GetRecords call, 1 to 10,000 [default: 500].
+    #[arg(long, value_name = "N")]
+    batch_size: Option<usize>,
+    /// How long a shard may gather records before a batch smaller than
+    /// --batch-size is processed [default: 0, process every read].
+    #[arg(long, value_name = "MS")]
+    batch_window_ms: Option<u64>,
+    /// Serve Prometheus metrics on /metrics and health on /healthz, /readyz.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<SocketAddr>,
+}
+
+/// Settings resolved: every required one present, every value checked.
+pub(super) struct Resolved {
+    pub stream: RunConfig,
+    pub modules: PathBuf,
+    pub catalogs: PathBuf,
+    pub checkpoints: PathBuf,
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl RunSettings {
+    /// Flags over the keys of `config`, if given. Relative paths in the file
+    /// are relative to the file.
+    pub fn resolve(self, config: Option<&Path>) -> anyhow::Result<Resolved> {
+        let file = match config {
+            Some(path) => {
+                let mut file: RunSettings = config_file::parse(path)?;
+                let base = path.parent().unwrap_or(Path::new(""));
+                for p in [&mut file.modules, &mut file.catalogs, &mut file.checkpoints].into_iter().flatten() {
+                    *p = base.join(&*p);
+                }
+                file
+            }
+            None => RunSettings::default(),
+        };
+        let origin = |key: &str| match config {
+            Some(path) => format!("--{key} (or {key} in {})", path.display()),
+            None => format!("--{key}"),
+        };
+        let required = |v: Option<String>, key: &str| v.with_context(|| format!("{} is required", origin(key)));
+        let required_path = |v: Option<PathBuf>, key: &str| v.with_context(|| format!("{} is required", origin(key)));
+
+        let input_stream = required(self.input_stream.or(file.input_stream), "input-stream")?;
+        let output_stream = required(self.output_stream.or(file.output_stream), "output-stream")?;
+        let dead_letter_stream = self
+            .dead_letter_stream
+            .or(file.dead_letter_stream)
+            .unwrap_or_else(|| format!("{input_stream}-dead-letters"));
+        let start_at = match self.start_at.or(file.start_at) {
+            None => StartAt::TrimHorizon,
+            Some(text) => parse_start_at(&text).with_context(|| format!("{}: {text:?}", origin("start-at")))?,
+        };
+        let batch_size = self.batch_size.or(file.batch_size).unwrap_or(500);
+        if !(1..=10_000).contains(&batch_size) {
+            bail!("{}: {batch_size} is not in 1..=10000 (the GetRecords limit)", origin("batch-size"));
+        }
+        let batch_window = Duration::from_millis(self.batch_window_ms.or(file.batch_window_ms).unwrap_or(0));
+        if batch_window > Duration::from_secs(300) {
+            bail!(
+                "{}: {} ms is over the 300,000 ms Lambda also allows",
+                origin("batch-window-ms"),
+                batch_window.as_millis()
+            );
+        }
+        Ok(Resolved {
+            stream: RunConfig { input_stream, output_stream, dead_letter_stream, start_at, batch_size, batch_window },
+            modules: required_path(self.modules.or(file.modules), "modules")?,
+            catalogs: required_path(self.catalogs.or(file.catalogs), "catalogs")?,
+            checkpoints: self.checkpoints.or(file.checkpoints).unwrap_or_else(|| "offerd-checkpoints.json".into()),
+            metrics_addr: self.metrics_addr.or(file.metrics_addr),
+        })
+    }
+}
+
+fn parse_start_at(text: &str) -> anyhow::Result<StartAt> {
+    Ok(match text {
+        "trim-horizon" => StartAt::TrimHorizon,
+        "latest" => StartAt::Latest,
+        time => {
+            let t = time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
+                .context("expected trim-horizon, latest or an RFC 3339 time such as 2026-11-26T09:00:00Z")?;
+            StartAt::Timestamp(SystemTime::from(t))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> RunSettings {
+        #[derive(clap::Parser)]
+        struct Probe {
+            #[command(flatten)]
+            settings: RunSettings,
+        }
+        <Probe as clap::Parser>::try_parse_from(std::iter::once("offerd").chain(args.iter().copied())).unwrap().settings
+    }
+
+    #[test]
+    fn flags_override_the_file_and_paths_in_the_file_are_relative_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("offerd.toml");
+        std::fs::write(
+            &file,
+            "input-stream = \"signups\"\noutput-stream = \"offers\"\nmodules = \"mods\"\ncatalogs = \"/abs/catalogs\"\n\
+             batch-size = 100\nstart-at = \"2026-11-26T09:00:00Z\"\nmetrics-addr = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap();
+        let r = flags(&["--output-stream", "other", "--batch-window-ms", "50"]).resolve(Some(&file)).unwrap();
+        assert_eq!(r.stream.input_stream, "signups");
+        assert_eq!(r.stream.output_stream, "other");
+        assert_eq!(r.stream.dead_letter_stream, "signups-dead-letters");
+        assert_eq!(r.stream.batch_size, 100);
+        assert_eq!(r.stream.batch_window, Duration::from_millis(50));
+        assert_eq!(r.modules, dir.path().join("mods"));
+        assert_eq!(r.catalogs, Path::new("/abs/catalogs"));
+        assert_eq!(r.metrics_addr, Some("127.0.0.1:9000".parse().unwrap()));
+        let expected = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_683_600);
+        assert_eq!(r.stream.start_at, StartAt::Timestamp(expected));
+    }
+
+    #[test]
+    fn bad_settings_say_what_and_where() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("offerd.toml");
+        std::fs::write(&file, "input-stream = \"signups\"\nbatch-size = \"many\"\n").unwrap();
+        let err = format!("{:#}", flags(&[]).resolve(Some(&file)).err().unwrap());
+        assert!(err.contains("offerd.toml: batch-size: invalid type") && err.contains("(line 2)"), "{err}");
+
+        std::fs::write(&file, "input-stream = \"signups\"\nbatch-sise = 5\n").unwrap();
+        let err = format!("{:#}", flags(&[]).resolve(Some(&file)).err().unwrap());
+        assert!(err.contains("unknown field `batch-sise`"), "{err}");
+
+        let err = format!("{:#}", flags(&["--input-stream", "s"]).resolve(None).err().unwrap());
+        assert_eq!(err, "--output-stream is required");
+
+        let base = ["--input-stream", "s", "--output-stream", "o", "--modules", "m", "--catalogs", "c"];
+        let err =
+            format!("{:#}", flags(&[&base[..], &["--start-at", "yesterday"]].concat()).resolve(None).err().unwrap());
+        assert!(err.starts_with("--start-at: \"yesterday\": expected trim-horizon, latest or an RFC 3339"), "{err}");
+        let err = format!("{:#}", flags(&[&base[..], &["--batch-size", "0"]].concat()).resolve(None).err().unwrap());
+        assert!(err.contains("--batch-size: 0 is not in 1..=10000"), "{err}");
+    }
+}

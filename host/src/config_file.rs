@@ -1,0 +1,36 @@
+//! TOML files a person writes (catalogs, `offerd run --config`): parsed with
+//! unknown keys refused, and every error naming the file, the key and the line.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {key}: {reason}", file.display())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Dotted path of the offending key, or `-` for the file as a whole.
+    pub key: String,
+    pub reason: String,
+}
+
+pub(crate) fn error(file: &Path, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError { file: file.to_path_buf(), key: key.into(), reason: reason.into() }
+}
+
+/// Parses a TOML file, reporting the dotted path of the key that failed.
+pub(crate) fn parse<T: for<'de> Deserialize<'de>>(file: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|e| error(file, "-", format!("cannot read: {e}")))?;
+    let at_line = |e: &toml::de::Error| {
+        let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
+        line.map(|l| format!(" (line {l})")).unwrap_or_default()
+    };
+    let de =
+        toml::Deserializer::parse(&text).map_err(|e| error(file, "-", format!("{}{}", e.message(), at_line(&e))))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        error(file, key, format!("{}{}", inner.message(), at_line(&inner)))
+    })
+}

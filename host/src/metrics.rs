@@ -1,0 +1,188 @@
+//! Metrics in the Prometheus text format, and the health endpoints, served
+//! on `--metrics-addr`. Counters are updated once per batch, never per record.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use crate::enricher::RegionTally;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabels {
+    pub shard_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegionLabels {
+    region: String,
+    module_version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeadLetterLabels {
+    reason: &'static str,
+}
+
+/// Everything `offerd run` reports.
+pub struct Metrics {
+    registry: Registry,
+    records_read: Family<ShardLabels, Counter>,
+    offers: Family<RegionLabels, Counter>,
+    module_failures: Family<RegionLabels, Counter>,
+    dead_letters: Family<DeadLetterLabels, Counter>,
+    batch_seconds: Histogram,
+    millis_behind: Family<ShardLabels, Gauge>,
+    shards_reading: Gauge,
+    /// Set once every shard reader has started; cleared on shutdown.
+    ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("offerd");
+        let records_read = Family::<ShardLabels, Counter>::default();
+        let offers = Family::<RegionLabels, Counter>::default();
+        let module_failures = Family::<RegionLabels, Counter>::default();
+        let dead_letters = Family::<DeadLetterLabels, Counter>::default();
+        // 1 ms to about 16 s.
+        let batch_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let millis_behind = Family::<ShardLabels, Gauge>::default();
+        let shards_reading = Gauge::default();
+        registry.register("records_read", "Records read from the input stream", records_read.clone());
+        registry.register("offers", "Offer records published, by region and module version", offers.clone());
+        registry.register(
+            "module_failures",
+            "Records a region's module trapped, timed out, ran out of memory on, or rejected",
+            module_failures.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Records published to the dead-letter stream, by reason",
+            dead_letters.clone(),
+        );
+        registry.register(
+            "batch_seconds",
+            "Time from a batch read to its checkpoint (enrich, publish, checkpoint)",
+            batch_seconds.clone(),
+        );
+        registry.register(
+            "millis_behind_latest",
+            "How far the last read of a shard was behind the tip of the stream",
+            millis_behind.clone(),
+        );
+        registry.register("shards_reading", "Shard readers running", shards_reading.clone());
+        Self {
+            registry,
+            records_read,
+            offers,
+            module_failures,
+            dead_letters,
+            batch_seconds,
+            millis_behind,
+            shards_reading,
+            ready: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn read(&self, shard_id: &str, records: usize, millis_behind_latest: Option<i64>) {
+        let labels = ShardLabels { shard_id: shard_id.to_owned() };
+        self.records_read.get_or_create(&labels).inc_by(records as u64);
+        if let Some(ms) = millis_behind_latest {
+            self.millis_behind.get_or_create(&labels).set(ms);
+        }
+    }
+
+    /// Counts a processed batch once its outputs are acknowledged.
+    pub fn batch_done(&self, tallies: &[RegionTally], dead_letters: &[&'static str], seconds: f64) {
+        for t in tallies {
+            let labels = RegionLabels { region: t.region.clone(), module_version: t.module_version.clone() };
+            if t.offers > 0 {
+                self.offers.get_or_create(&labels).inc_by(t.offers);
+            }
+            if t.failures > 0 {
+                self.module_failures.get_or_create(&labels).inc_by(t.failures);
+            }
+        }
+        for reason in dead_letters {
+            self.dead_letters.get_or_create(&DeadLetterLabels { reason }).inc();
+        }
+        self.batch_seconds.observe(seconds);
+    }
+
+    pub fn shard_started(&self) {
+        self.shards_reading.inc();
+    }
+
+    pub fn shard_stopped(&self, shard_id: &str) {
+        self.shards_reading.dec();
+        self.millis_behind.remove(&ShardLabels { shard_id: shard_id.to_owned() });
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// Binds `addr` now (so a taken port stops start-up) and serves `/metrics`,
+/// `/healthz` (the process answers) and `/readyz` (every shard reader
+/// started, not shutting down) until `shutdown`.
+///
+/// # Errors
+/// The address cannot be bound.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --metrics-addr {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    let app = Router::new()
+        .route("/metrics", get(prometheus_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readiness))
+        .with_state(metrics);
+    Ok(tokio::spawn(async move {
+        let stop = async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            tracing::error!(error = %e, "metrics endpoint failed");
+        }
+    }))
+}
+
+async fn prometheus_text(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.encode())
+}
+
+async fn readiness(State(metrics): State<Arc<Metrics>>) -> (StatusCode, &'static str) {
+    if metrics.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
