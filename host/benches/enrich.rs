@@ -2,12 +2,17 @@
 //! WebAssembly module (production limits on) and through the same rule logic
 //! compiled natively into the host, side by side in one run.
 //!
+//! The last column runs the stream processor's per-batch work without the
+//! network (`offerd::stream::prepare`): the host's own ceiling.
+//!
 //! `cargo bench -p offerd --bench enrich`
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::Record;
 use offerd::catalog::{self, Catalogs, RegionCatalog};
 use offerd::engine::{Engine, Limits, Offer, RegionRules, RuleModule};
 use offerd::enricher::{Enricher, Outcome};
@@ -37,25 +42,40 @@ fn main() -> anyhow::Result<()> {
         "{RECORDS} sign-ups of {avg} bytes on average; limits: {:?}; median of {ROUNDS} rounds",
         Limits::default()
     );
+    // The same sign-ups as Kinesis records, for the stream path's own work.
+    let records: Vec<Record> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            Record::builder()
+                .sequence_number(format!("4968059517180980410647560472685384362946382431251123{i:04}"))
+                .partition_key(format!("u-{i}"))
+                .data(Blob::new(s.as_bytes()))
+                .build()
+                .expect("every required field is set")
+        })
+        .collect();
     println!(
-        "{:>6}  {:>14}  {:>14}  {:>12}  {:>22}",
-        "batch", "wasm rec/s", "native rec/s", "wasm/native", "no-op module rec/s"
+        "{:>6}  {:>14}  {:>14}  {:>12}  {:>22}  {:>24}",
+        "batch", "wasm rec/s", "native rec/s", "wasm/native", "no-op module rec/s", "stream prepare rec/s"
     );
     for batch in [1, 100, 500] {
-        let (mut w, mut n, mut f) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut w, mut n, mut f, mut p) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             w.push(run(&inputs, batch, |chunk| wasm.enrich(chunk).outcomes));
-            n.push(run(&inputs, batch, |chunk| native.enrich(chunk).outcomes));
+            n.push(run(&inputs, batch, |chunk| native.enrich(chunk)));
             f.push(run(&inputs, batch, |chunk| floor.enrich(chunk).outcomes));
+            p.push(prepare_all(&records, batch, &wasm));
         }
-        let (w, n, f) = (median(w), median(n), median(f));
+        let (w, n, f, p) = (median(w), median(n), median(f), median(p));
         let rate = |d: Duration| RECORDS as f64 / d.as_secs_f64();
         println!(
-            "{batch:>6}  {:>14.0}  {:>14.0}  {:>11.2}x  {:>22.0}",
+            "{batch:>6}  {:>14.0}  {:>14.0}  {:>11.2}x  {:>22.0}  {:>24.0}",
             rate(w),
             rate(n),
             n.as_secs_f64() / w.as_secs_f64(),
-            rate(f)
+            rate(f),
+            rate(p)
         );
     }
     Ok(())
@@ -79,6 +99,20 @@ fn run(inputs: &[String], batch: usize, mut f: impl FnMut(&[&[u8]]) -> Vec<Outco
     }
     let took = start.elapsed();
     assert_eq!(produced, inputs.len());
+    took
+}
+
+/// The stream path short of the network: de-aggregation check, enrichment,
+/// source tagging and PutRecords entries, as one shard's batch.
+fn prepare_all(records: &[Record], batch: usize, enricher: &Enricher) -> Duration {
+    let start = Instant::now();
+    let mut produced = 0;
+    for chunk in records.chunks(batch) {
+        let prepared = std::hint::black_box(offerd::stream::prepare(enricher, "shardId-000000000000", chunk));
+        produced += prepared.offers.len() + prepared.dead_letters.len();
+    }
+    let took = start.elapsed();
+    assert_eq!(produced, records.len());
     took
 }
 

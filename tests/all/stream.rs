@@ -502,3 +502,40 @@ async fn a_deleted_and_recreated_output_stream_is_retried() {
     let expected: BTreeSet<String> = (0..10).map(|i| format!("b{i}")).collect();
     assert_eq!(users, expected.iter().map(String::as_str).collect());
 }
+
+/// KPL-aggregated records are split into their user records; each output
+/// names its place in the aggregate. A damaged aggregate is a dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kpl_aggregates_are_deaggregated() {
+    use offerd::stream::kpl::{UserRecord, aggregate};
+    let k = Kinesis::new().await;
+    let s = streams(&k, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with("reference");
+    let user = |key: &str, data: String| UserRecord { partition_key: key.into(), data: data.into_bytes() };
+    let packed = aggregate(&[user("p0", signup("p0", 0)), user("bad", "not json".into()), user("p2", signup("p2", 2))]);
+    let mut damaged = aggregate(&[user("d", signup("d", 0))]);
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0xff;
+    let entries = [packed, damaged, signup("plain", 3).into_bytes()]
+        .map(|data| PutRecordsRequestEntry::builder().partition_key("agg").data(Blob::new(data)).build().unwrap());
+    k.client.put_records().stream_name(&s.input).set_records(Some(entries.to_vec())).send().await.unwrap();
+
+    let child = k.offerd(&s, &dir.path().join("checkpoints.json"), store.path(), &[]);
+    let (offers, dead) = k.wait_for(&s.output, &s.dlq, 5).await;
+    child.stop();
+    let mut got: Vec<(&str, Option<u64>)> =
+        offers.iter().map(|o| (o["user_id"].as_str().unwrap(), o["source"]["sub_sequence_number"].as_u64())).collect();
+    got.sort();
+    assert_eq!(got, [("p0", Some(0)), ("p2", Some(2)), ("plain", None)]);
+    let mut letters: Vec<(&str, &str, Option<u64>)> = dead
+        .iter()
+        .map(|d| {
+            (d["reason"].as_str().unwrap(), d["detail"].as_str().unwrap(), d["source"]["sub_sequence_number"].as_u64())
+        })
+        .collect();
+    letters.sort();
+    assert_eq!(letters.len(), 2, "{dead:?}");
+    assert_eq!((letters[0].0, letters[0].1), ("invalid-record", "KPL aggregate fails its MD5 check"));
+    assert_eq!((letters[1].0, letters[1].2), ("invalid-record", Some(1)));
+}

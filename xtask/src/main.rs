@@ -24,12 +24,17 @@ enum Chore {
     },
     /// Regenerate `catalogs/` from the GeoNames files in `catalogs/geonames/`.
     Catalogs,
-    /// The main job end to end on local defaults: build the module, generate
-    /// sign-ups (some malformed), enrich them, summarise.
+    /// The main job end to end on local defaults: start a local Kinesis
+    /// (unless AWS_ENDPOINT_URL is set), create the streams, run `offerd run`,
+    /// write realistic sign-ups (some malformed), show live progress and a few
+    /// offers, stop offerd cleanly.
     Demo {
-        /// How many sign-ups to generate.
-        #[arg(long, default_value_t = 5000)]
+        /// How many sign-ups to write.
+        #[arg(long, default_value_t = 3000)]
         signups: usize,
+        /// Sign-ups written per second.
+        #[arg(long, default_value_t = 300)]
+        rate: usize,
     },
     /// The whole test suite, as CI runs it: format, lints, every test.
     Test,
@@ -46,7 +51,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Chore::Catalogs => catalogs::generate(&xtask::workspace_root().join("catalogs")),
-        Chore::Demo { signups } => demo::run(signups),
+        Chore::Demo { signups, rate } => demo::run(&demo::Options { signups, rate }),
         Chore::Test => test(),
     }
 }

@@ -5,10 +5,13 @@
 //! - [`aws`]: the one place AWS clients are built.
 //! - [`checkpoint`]: the checkpoint-store seam and its crash-safe file store.
 //! - [`sink`]: PutRecords with retry of the failed entries only.
-//! - `shard`: the read–enrich–write–checkpoint loop of one shard.
+//! - [`kpl`]: de-aggregation of records packed by the Kinesis Producer Library.
+//! - `shard`: the read–enrich–write–checkpoint loop of one shard, and [`prepare`],
+//!   its per-record work without the network.
 
 pub mod aws;
 pub mod checkpoint;
+pub mod kpl;
 mod shard;
 pub mod sink;
 
@@ -26,6 +29,7 @@ use crate::enricher::Enricher;
 use crate::metrics::Metrics;
 use checkpoint::{Checkpoint, CheckpointStore};
 use shard::ShardExit;
+pub use shard::{PreparedBatch, prepare};
 
 /// Where a shard without a checkpoint starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,10 +10,12 @@ use aws_sdk_kinesis::types::{Record, ShardIteratorType};
 use tokio::sync::watch;
 
 use super::checkpoint::{Checkpoint, CheckpointStore};
+use super::kpl::{self, Unpacked};
 use super::sink::{self, Entry};
 use super::{RunConfig, StartAt};
-use crate::enricher::{Enricher, Outcome};
+use crate::enricher::{Enricher, Outcome, RegionTally};
 use crate::metrics::Metrics;
+use crate::record::{self, Reason};
 
 /// Kinesis allows five GetRecords calls per second per shard.
 const MIN_CALL_INTERVAL: Duration = Duration::from_millis(200);
@@ -69,14 +71,14 @@ impl ShardReader {
         loop {
             if *self.shutdown.borrow() {
                 if !pending.is_empty() {
-                    self.process(&pending).await?;
+                    self.process(pending).await?;
                 }
                 return Ok(ShardExit::Stopped);
             }
             let started = Instant::now();
             let room = self.config.batch_size - pending.len();
             let request = self.client.get_records().shard_iterator(&iterator).limit(room as i32);
-            let out = match request.send().await {
+            let mut out = match request.send().await {
                 Ok(out) => out,
                 Err(e) => {
                     if e.as_service_error().is_some_and(|s| s.is_expired_iterator_exception()) {
@@ -101,21 +103,23 @@ impl ShardReader {
             if pending.is_empty() {
                 window_opened = Instant::now();
             }
-            pending.extend_from_slice(out.records());
-            let closed = out.next_shard_iterator().is_none();
+            let next = out.next_shard_iterator.take();
+            pending.append(&mut out.records);
+            let closed = next.is_none();
             let window_over = window_opened.elapsed() >= self.config.batch_window;
-            if !pending.is_empty() && (closed || window_over || pending.len() >= self.config.batch_size) {
-                if let Batch::Abandoned = self.process(&pending).await? {
-                    return Ok(ShardExit::Stopped);
-                }
-                pending.clear();
+            let full = closed || window_over || pending.len() >= self.config.batch_size;
+            if full
+                && !pending.is_empty()
+                && let Batch::Abandoned = self.process(std::mem::take(&mut pending)).await?
+            {
+                return Ok(ShardExit::Stopped);
             }
-            let Some(next) = out.next_shard_iterator() else {
+            let Some(next) = next else {
                 self.checkpoint(Checkpoint::ShardEnd).await?;
                 tracing::info!(shard_id = self.shard_id, "shard closed and drained");
                 return Ok(ShardExit::Drained);
             };
-            iterator = next.to_owned();
+            iterator = next;
             let wait = if got == 0 && pending.is_empty() {
                 IDLE_PAUSE
             } else {
@@ -158,32 +162,14 @@ impl ShardReader {
     }
 
     /// Enrich, publish both streams, then checkpoint the batch's last record.
-    async fn process(&self, records: &[Record]) -> anyhow::Result<Batch> {
+    async fn process(&self, records: Vec<Record>) -> anyhow::Result<Batch> {
         let started = Instant::now();
-        let inputs: Vec<Vec<u8>> = records.iter().map(|r| r.data().as_ref().to_vec()).collect();
-        let enricher = self.enricher.clone();
-        let enriched = tokio::task::spawn_blocking(move || {
-            let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
-            enricher.enrich(&refs)
-        })
-        .await
-        .context("the enrichment task panicked")?;
-        let (mut offers, mut dead, mut reasons) = (Vec::new(), Vec::new(), Vec::new());
-        for (record, outcome) in records.iter().zip(enriched.outcomes) {
-            let seq = record.sequence_number();
-            match outcome {
-                Outcome::Offer { user_id, line } => {
-                    offers.push(Entry { partition_key: user_id, data: with_source(line, &self.shard_id, seq) })
-                }
-                Outcome::DeadLetter { line, reason } => {
-                    reasons.push(reason.as_str());
-                    dead.push(Entry {
-                        partition_key: record.partition_key().unwrap_or(&self.shard_id).to_owned(),
-                        data: with_source(line, &self.shard_id, seq),
-                    })
-                }
-            }
-        }
+        let last = records.last().expect("process is called with records").sequence_number().to_owned();
+        let (enricher, shard_id) = (self.enricher.clone(), self.shard_id.clone());
+        let prepared = tokio::task::spawn_blocking(move || prepare(&enricher, &shard_id, &records))
+            .await
+            .context("the enrichment task panicked")?;
+        let PreparedBatch { offers, dead_letters: dead, dead_letter_reasons: reasons, by_region } = prepared;
         let (n_offers, n_dead) = (offers.len(), dead.len());
         let publish = async {
             let (o, d) = tokio::join!(
@@ -202,29 +188,112 @@ impl ShardReader {
             () = give_up => {
                 tracing::warn!(
                     shard_id = self.shard_id,
-                    records = records.len(),
+                    offers = n_offers,
+                    dead_letters = n_dead,
                     "writes still failing at shutdown; the batch stays uncheckpointed and is read again on restart"
                 );
                 return Ok(Batch::Abandoned);
             }
         }
-        let last = records.last().expect("process is called with records").sequence_number().to_owned();
         self.checkpoint(Checkpoint::At(last)).await?;
-        self.metrics.batch_done(&enriched.by_region, &reasons, started.elapsed().as_secs_f64());
+        self.metrics.batch_done(&by_region, &reasons, started.elapsed().as_secs_f64());
         tracing::debug!(shard_id = self.shard_id, offers = n_offers, dead_letters = n_dead, "batch done");
         Ok(Batch::Checkpointed)
     }
 }
 
-/// Adds `"source": {"shard_id", "sequence_number"}` to a JSON object line, so
-/// consumers can de-duplicate what at-least-once delivery repeats.
-fn with_source(mut line: Vec<u8>, shard_id: &str, sequence_number: &str) -> Vec<u8> {
+/// A batch ready to publish.
+pub struct PreparedBatch {
+    pub offers: Vec<Entry>,
+    pub dead_letters: Vec<Entry>,
+    /// One per dead letter, for metrics.
+    pub dead_letter_reasons: Vec<&'static str>,
+    pub by_region: Vec<RegionTally>,
+}
+
+/// Where one user record came from: a Kinesis record, or one record of a
+/// KPL aggregate.
+struct Source<'a> {
+    data: &'a [u8],
+    partition_key: &'a str,
+    sequence_number: &'a str,
+    sub_sequence_number: Option<usize>,
+}
+
+/// The host's whole per-record work short of the network: de-aggregate,
+/// enrich, and tag every output with its source. Outputs keep input order.
+pub fn prepare(enricher: &Enricher, shard_id: &str, records: &[Record]) -> PreparedBatch {
+    let unpacked: Vec<Unpacked> = records.iter().map(|r| kpl::unpack(r.data().as_ref())).collect();
+    let mut batch = PreparedBatch {
+        offers: Vec::with_capacity(records.len()),
+        dead_letters: Vec::new(),
+        dead_letter_reasons: Vec::new(),
+        by_region: Vec::new(),
+    };
+    let mut sources: Vec<Source<'_>> = Vec::with_capacity(records.len());
+    for (record, unpacked) in records.iter().zip(&unpacked) {
+        let (sequence_number, partition_key) = (record.sequence_number(), record.partition_key().unwrap_or(shard_id));
+        match unpacked {
+            Unpacked::Plain => sources.push(Source {
+                data: record.data().as_ref(),
+                partition_key,
+                sequence_number,
+                sub_sequence_number: None,
+            }),
+            Unpacked::Aggregate(users) => {
+                sources.extend(users.iter().enumerate().map(|(i, u)| Source {
+                    data: &u.data,
+                    partition_key: &u.partition_key,
+                    sequence_number,
+                    sub_sequence_number: Some(i),
+                }));
+            }
+            Unpacked::Corrupt(why) => {
+                let mut line = Vec::new();
+                record::write_dead_letter(&mut line, Reason::InvalidRecord, why, None, record.data().as_ref());
+                let source = Source { data: &[], partition_key, sequence_number, sub_sequence_number: None };
+                batch.dead_letter_reasons.push(Reason::InvalidRecord.as_str());
+                batch.dead_letters.push(Entry {
+                    partition_key: partition_key.to_owned(),
+                    data: with_source(line, shard_id, &source),
+                });
+            }
+        }
+    }
+    let inputs: Vec<&[u8]> = sources.iter().map(|s| s.data).collect();
+    let enriched = enricher.enrich(&inputs);
+    for (source, outcome) in sources.iter().zip(enriched.outcomes) {
+        match outcome {
+            Outcome::Offer { user_id, line } => {
+                batch.offers.push(Entry { partition_key: user_id, data: with_source(line, shard_id, source) })
+            }
+            Outcome::DeadLetter { line, reason } => {
+                batch.dead_letter_reasons.push(reason.as_str());
+                batch.dead_letters.push(Entry {
+                    partition_key: source.partition_key.to_owned(),
+                    data: with_source(line, shard_id, source),
+                });
+            }
+        }
+    }
+    batch.by_region = enriched.by_region;
+    batch
+}
+
+/// Adds `"source": {"shard_id", "sequence_number"[, "sub_sequence_number"]}`
+/// to a JSON object line, so consumers can de-duplicate what at-least-once
+/// delivery repeats.
+fn with_source(mut line: Vec<u8>, shard_id: &str, source: &Source<'_>) -> Vec<u8> {
     debug_assert_eq!(line.last(), Some(&b'}'), "outcomes are JSON objects");
     line.pop();
     line.extend_from_slice(br#","source":{"shard_id":"#);
     serde_json::to_writer(&mut line, shard_id).expect("writing to a Vec cannot fail");
     line.extend_from_slice(br#","sequence_number":"#);
-    serde_json::to_writer(&mut line, sequence_number).expect("writing to a Vec cannot fail");
+    serde_json::to_writer(&mut line, source.sequence_number).expect("writing to a Vec cannot fail");
+    if let Some(sub) = source.sub_sequence_number {
+        line.extend_from_slice(br#","sub_sequence_number":"#);
+        line.extend_from_slice(itoa::Buffer::new().format(sub).as_bytes());
+    }
     line.extend_from_slice(b"}}");
     line
 }
