@@ -27,10 +27,10 @@ pub struct Options {
 
 /// The three streams of one demo run; named per run so a long-lived server
 /// (`AWS_ENDPOINT_URL`) never mixes runs.
-struct Streams {
-    input: String,
-    output: String,
-    dead_letters: String,
+pub(crate) struct Streams {
+    pub input: String,
+    pub output: String,
+    pub dead_letters: String,
 }
 
 pub fn run(options: &Options) -> Result<()> {
@@ -92,7 +92,7 @@ pub fn run(options: &Options) -> Result<()> {
     })
 }
 
-async fn client(aws_env: &[(&str, String)]) -> Client {
+pub(crate) async fn client(aws_env: &[(&str, String)]) -> Client {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
     let get = |key: &str| aws_env.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
     if let Some(endpoint) = get("AWS_ENDPOINT_URL") {
@@ -104,7 +104,7 @@ async fn client(aws_env: &[(&str, String)]) -> Client {
     Client::new(&loader.load().await)
 }
 
-async fn create_stream(client: &Client, name: &str, shards: i32) -> Result<()> {
+pub(crate) async fn create_stream(client: &Client, name: &str, shards: i32) -> Result<()> {
     client
         .create_stream()
         .stream_name(name)
@@ -126,7 +126,7 @@ async fn create_stream(client: &Client, name: &str, shards: i32) -> Result<()> {
     }
 }
 
-fn spawn_offerd(
+pub(crate) fn spawn_offerd(
     root: &Path,
     streams: &Streams,
     modules: &Path,
@@ -209,7 +209,7 @@ async fn drive(client: &Client, streams: &Streams, root: &Path, options: &Option
     }
 }
 
-async fn put(client: &Client, stream: &str, lines: &[String]) -> Result<()> {
+pub(crate) async fn put(client: &Client, stream: &str, lines: &[String]) -> Result<()> {
     let mut entries: Vec<PutRecordsRequestEntry> = lines
         .iter()
         .enumerate()
@@ -232,19 +232,19 @@ async fn put(client: &Client, stream: &str, lines: &[String]) -> Result<()> {
 
 /// What offerd's metrics say so far.
 #[derive(Default)]
-struct Progress {
-    read: u64,
-    offers_by_region: BTreeMap<String, u64>,
-    dead_letters: u64,
+pub(crate) struct Progress {
+    pub read: u64,
+    pub offers_by_region: BTreeMap<String, u64>,
+    pub dead_letters: u64,
     lag_ms: i64,
 }
 
 impl Progress {
-    fn offers(&self) -> u64 {
+    pub fn offers(&self) -> u64 {
         self.offers_by_region.values().sum()
     }
 
-    fn scrape(addr: &str) -> Result<Self> {
+    pub fn scrape(addr: &str) -> Result<Self> {
         use std::io::{Read, Write};
         let mut conn = std::net::TcpStream::connect(addr)?;
         write!(conn, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
@@ -274,7 +274,7 @@ impl Progress {
 }
 
 /// SIGINT, then offerd must exit 0: in-flight batches finish and checkpoint.
-fn stop(mut offerd: Child) -> Result<()> {
+pub(crate) fn stop(mut offerd: Child) -> Result<()> {
     Command::new("kill").args(["-INT", &offerd.id().to_string()]).status()?;
     let status = offerd.wait()?;
     if !status.success() {

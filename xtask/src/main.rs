@@ -1,5 +1,6 @@
 //! `cargo xtask <chore>`: see `--help`.
 
+mod bench_stream;
 mod catalogs;
 mod demo;
 
@@ -36,6 +37,19 @@ enum Chore {
         #[arg(long, default_value_t = 300)]
         rate: usize,
     },
+    /// `offerd run` end to end against kinesis-local: put → output latency
+    /// under steady load, backlog records/s, offerd CPU time per record.
+    BenchStream {
+        /// Sign-ups per second in the steady phase.
+        #[arg(long, default_value_t = 200)]
+        rate: usize,
+        /// Length of the steady phase.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Sign-ups in the backlog phase.
+        #[arg(long, default_value_t = 5000)]
+        burst: usize,
+    },
     /// The whole test suite, as CI runs it: format, lints, every test.
     Test,
 }
@@ -52,6 +66,9 @@ fn main() -> Result<()> {
         }
         Chore::Catalogs => catalogs::generate(&xtask::workspace_root().join("catalogs")),
         Chore::Demo { signups, rate } => demo::run(&demo::Options { signups, rate }),
+        Chore::BenchStream { rate, seconds, burst } => {
+            bench_stream::run(&bench_stream::Options { rate, seconds, burst })
+        }
         Chore::Test => test(),
     }
 }
