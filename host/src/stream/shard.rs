@@ -61,9 +61,7 @@ impl ShardReader {
     /// A batch that cannot be published or checkpointed: the shard stops
     /// rather than skip records, and is restarted from its checkpoint.
     pub async fn run(mut self) -> anyhow::Result<ShardExit> {
-        let Some(mut iterator) = self.iterator().await? else {
-            return Ok(ShardExit::Drained);
-        };
+        let mut iterator = self.iterator().await?;
         let mut backoff = FIRST_BACKOFF;
         // Records read but not yet processed, while a batch window is open.
         let mut pending: Vec<Record> = Vec::new();
@@ -85,10 +83,7 @@ impl ShardReader {
                         tracing::info!(shard_id = self.shard_id, "iterator expired; renewing from the checkpoint");
                         // Records read since the checkpoint are read again.
                         pending.clear();
-                        match self.iterator().await? {
-                            Some(renewed) => iterator = renewed,
-                            None => return Ok(ShardExit::Drained),
-                        }
+                        iterator = self.iterator().await?;
                     } else {
                         let error = super::aws::explain(&e);
                         tracing::warn!(shard_id = self.shard_id, %error, "GetRecords failed; backing off");
@@ -132,12 +127,12 @@ impl ShardReader {
         }
     }
 
-    /// An iterator just after the checkpoint, or at the configured start;
-    /// none if the shard was already read to its end.
-    async fn iterator(&self) -> anyhow::Result<Option<String>> {
+    /// An iterator just after the checkpoint, or at the configured start.
+    async fn iterator(&self) -> anyhow::Result<String> {
         let request = self.client.get_shard_iterator().stream_name(&self.config.input_stream).shard_id(&self.shard_id);
         let request = match self.store.get(&self.shard_id) {
-            Some(Checkpoint::ShardEnd) => return Ok(None),
+            // `run` never starts a reader on a shard read to its end.
+            Some(Checkpoint::ShardEnd) => anyhow::bail!("{} is already read to its end", self.shard_id),
             Some(Checkpoint::At(seq)) => {
                 request.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).starting_sequence_number(seq)
             }
@@ -150,7 +145,7 @@ impl ShardReader {
             },
         };
         let out = request.send().await.with_context(|| format!("getting an iterator for {}", self.shard_id))?;
-        out.shard_iterator().map(|it| Some(it.to_owned())).context("GetShardIterator returned no iterator")
+        out.shard_iterator().map(str::to_owned).context("GetShardIterator returned no iterator")
     }
 
     /// Makes `checkpoint` durable, off the async threads.
