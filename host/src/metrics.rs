@@ -47,6 +47,7 @@ pub struct Metrics {
     batch_seconds: Histogram,
     millis_behind: Family<ShardLabels, Gauge>,
     shards_reading: Gauge,
+    subscriptions: Family<ShardLabels, Counter>,
     /// Set once every shard reader has started; cleared on shutdown.
     ready: AtomicBool,
 }
@@ -62,6 +63,7 @@ impl Default for Metrics {
         let batch_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         let millis_behind = Family::<ShardLabels, Gauge>::default();
         let shards_reading = Gauge::default();
+        let subscriptions = Family::<ShardLabels, Counter>::default();
         registry.register("records_read", "Records read from the input stream", records_read.clone());
         registry.register("offers", "Offer records published, by region and module version", offers.clone());
         registry.register(
@@ -85,6 +87,11 @@ impl Default for Metrics {
             millis_behind.clone(),
         );
         registry.register("shards_reading", "Shard readers running", shards_reading.clone());
+        registry.register(
+            "fan_out_subscriptions",
+            "SubscribeToShard calls that opened a subscription (enhanced fan-out)",
+            subscriptions.clone(),
+        );
         Self {
             registry,
             records_read,
@@ -94,6 +101,7 @@ impl Default for Metrics {
             batch_seconds,
             millis_behind,
             shards_reading,
+            subscriptions,
             ready: AtomicBool::new(false),
         }
     }
@@ -123,6 +131,10 @@ impl Metrics {
             self.dead_letters.get_or_create(&DeadLetterLabels { reason }).inc();
         }
         self.batch_seconds.observe(seconds);
+    }
+
+    pub fn subscribed(&self, shard_id: &str) {
+        self.subscriptions.get_or_create(&ShardLabels { shard_id: shard_id.to_owned() }).inc();
     }
 
     pub fn shard_started(&self) {

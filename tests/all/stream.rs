@@ -134,7 +134,7 @@ impl Kinesis {
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ACCESS_KEY_ID", &self.account)
             .env("AWS_SECRET_ACCESS_KEY", "secret")
-            .env("OFFERD_LOG", "warn")
+            .env("OFFERD_LOG", std::env::var("OFFERD_TEST_LOG").as_deref().unwrap_or("warn"))
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
@@ -538,4 +538,84 @@ async fn kpl_aggregates_are_deaggregated() {
     assert_eq!(letters.len(), 2, "{dead:?}");
     assert_eq!((letters[0].0, letters[0].1), ("invalid-record", "KPL aggregate fails its MD5 check"));
     assert_eq!((letters[1].0, letters[1].2), ("invalid-record", Some(1)));
+}
+
+/// The value of a counter or gauge line of `/metrics` starting with `series`, 0 if absent.
+fn metric_value(addr: &str, series: &str) -> f64 {
+    let (_, text) = http_get(addr, "/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// Enhanced fan-out: the consumer is registered, records arrive through
+/// SubscribeToShard in per-key order across re-subscriptions (every 2 s
+/// here, 290 s by default) and a split, and a restart resumes from the
+/// checkpoint without repeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enhanced_fan_out_resubscribes_and_follows_a_split() {
+    let k = Kinesis::new().await;
+    let s = streams(&k, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with("reference");
+    let checkpoints = dir.path().join("checkpoints.json");
+    let addr = free_addr();
+    let efo = ["--consumer-name", "offers-app", "--resubscribe-after-secs", "2", "--metrics-addr", &addr];
+    let child = k.offerd(&s, &checkpoints, store.path(), &efo);
+    let mut landed: HashMap<(String, Seq), usize> = HashMap::new();
+    let put_round = async |round: usize, landed: &mut HashMap<(String, Seq), usize>| {
+        let batch: Vec<(String, String)> = (0..8).map(|u| (format!("u{u}"), signup(&format!("u{u}"), round))).collect();
+        for source in k.put(&s.input, &batch).await {
+            landed.insert(source, round);
+        }
+    };
+    for round in 0..3 {
+        put_round(round, &mut landed).await;
+    }
+    k.wait_for(&s.output, &s.dlq, 24).await;
+    let (first, start, end) = shard_starting_at(&k, &s.input, "0").await;
+    // Every shard re-subscribed at least twice, resuming where it left off.
+    let deadline = Instant::now() + DEADLINE;
+    let series = format!("offerd_fan_out_subscriptions_total{{shard_id=\"{first}\"}}");
+    while metric_value(&addr, &series) < 3.0 {
+        assert!(Instant::now() < deadline, "no re-subscription of {first}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for round in 3..5 {
+        put_round(round, &mut landed).await;
+    }
+    let mid = (start.parse::<u128>().unwrap() + end.parse::<u128>().unwrap()) / 2;
+    k.client
+        .split_shard()
+        .stream_name(&s.input)
+        .shard_to_split(&first)
+        .new_starting_hash_key(mid.to_string())
+        .send()
+        .await
+        .unwrap();
+    k.wait_active(&s.input).await;
+    for round in 5..8 {
+        put_round(round, &mut landed).await;
+    }
+    let (offers, dead) = k.wait_for(&s.output, &s.dlq, 64).await;
+    child.stop();
+    assert!(dead.is_empty(), "{dead:?}");
+    assert_eq!(offers.len(), 64, "each record once");
+    let shards_read: HashSet<&str> = offers.iter().map(|o| o["source"]["shard_id"].as_str().unwrap()).collect();
+    assert_eq!(shards_read.len(), 4, "both originals and the split children: {shards_read:?}");
+    for (user, rounds) in rounds_by_user(&offers, &landed) {
+        assert_eq!(rounds, (0..8).collect::<Vec<_>>(), "{user}: outputs out of put order");
+    }
+    let saved: Value = serde_json::from_slice(&std::fs::read(&checkpoints).unwrap()).unwrap();
+    assert_eq!(saved["shards"][first.as_str()], "SHARD_END");
+
+    // A restart subscribes after the checkpoints: nothing is repeated.
+    put_round(8, &mut landed).await;
+    let child = k.offerd(&s, &checkpoints, store.path(), &efo);
+    let (offers, _) = k.wait_for(&s.output, &s.dlq, 72).await;
+    child.stop();
+    assert_eq!(offers.len(), 72, "a clean stop and restart repeats nothing");
+    for (user, rounds) in rounds_by_user(&offers, &landed) {
+        assert_eq!(rounds, (0..9).collect::<Vec<_>>(), "{user}: outputs out of put order");
+    }
 }

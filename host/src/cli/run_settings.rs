@@ -46,6 +46,14 @@ pub(super) struct RunSettings {
     /// --batch-size is processed [default: 0, process every read].
     #[arg(long, value_name = "MS")]
     batch_window_ms: Option<u64>,
+    /// Read with enhanced fan-out (SubscribeToShard) as this stream consumer,
+    /// registered if missing, instead of polling with GetRecords.
+    #[arg(long, value_name = "NAME")]
+    consumer_name: Option<String>,
+    /// Seconds a fan-out subscription is used before a fresh one is opened;
+    /// the service ends each after 300 [default: 290].
+    #[arg(long, value_name = "SECONDS", hide = true)]
+    resubscribe_after_secs: Option<u64>,
     /// Serve Prometheus metrics on /metrics and health on /healthz, /readyz.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<SocketAddr>,
@@ -104,8 +112,22 @@ impl RunSettings {
                 batch_window.as_millis()
             );
         }
+        let resubscribe_after =
+            Duration::from_secs(self.resubscribe_after_secs.or(file.resubscribe_after_secs).unwrap_or(290));
+        if !(Duration::from_secs(1)..Duration::from_secs(300)).contains(&resubscribe_after) {
+            bail!("{}: must be 1 to 299 (the service ends a subscription at 300)", origin("resubscribe-after-secs"));
+        }
         Ok(Resolved {
-            stream: RunConfig { input_stream, output_stream, dead_letter_stream, start_at, batch_size, batch_window },
+            stream: RunConfig {
+                input_stream,
+                output_stream,
+                dead_letter_stream,
+                start_at,
+                batch_size,
+                batch_window,
+                consumer_name: self.consumer_name.or(file.consumer_name),
+                resubscribe_after,
+            },
             modules: required_path(self.modules.or(file.modules), "modules")?,
             catalogs: required_path(self.catalogs.or(file.catalogs), "catalogs")?,
             checkpoints: self.checkpoints.or(file.checkpoints).unwrap_or_else(|| "offerd-checkpoints.json".into()),

@@ -31,7 +31,7 @@ pub const RULES_INTERFACE: &str = "offers:rules/rules@1.0.0";
 
 /// How often the epoch advances. A call's deadline is rounded up to whole
 /// ticks, so a runaway module is stopped within its timeout plus one tick.
-const EPOCH_TICK: Duration = Duration::from_millis(2);
+const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// A wasmtime engine configured for offer rules, with its epoch ticker.
 #[derive(Clone)]

@@ -11,11 +11,12 @@
 
 pub mod aws;
 pub mod checkpoint;
+pub mod fan_out;
 pub mod kpl;
 mod shard;
 pub mod sink;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -53,6 +54,12 @@ pub struct RunConfig {
     /// than `batch_size` (Lambda's MaximumBatchingWindowInSeconds). Zero
     /// processes whatever one GetRecords call returned.
     pub batch_window: Duration,
+    /// Read with enhanced fan-out through this consumer (registered if
+    /// missing) instead of polling.
+    pub consumer_name: Option<String>,
+    /// How long a fan-out subscription is used before a fresh one is opened;
+    /// the service ends each after 5 minutes.
+    pub resubscribe_after: Duration,
 }
 
 /// How often the shard list is read again, to pick up shards created by resharding.
@@ -90,15 +97,22 @@ pub async fn run(
             .map_err(|e| anyhow::anyhow!(aws::explain(&e)))
             .with_context(|| format!("checking the {what} stream {stream:?}"))?;
     }
+    let consumer_arn: Option<Arc<str>> = match &config.consumer_name {
+        Some(name) => Some(fan_out::consumer_arn(&client, &config.input_stream, name).await?.into()),
+        None => None,
+    };
     let mut tasks: JoinSet<(String, anyhow::Result<ShardExit>)> = JoinSet::new();
     let mut running: HashSet<String> = HashSet::new();
     let mut drained: HashSet<String> = HashSet::new();
+    // Shards that failed, and when they may start again.
+    let mut failed: HashMap<String, Instant> = HashMap::new();
     let mut next_list = Instant::now() + RELIST_EVERY;
-    loop {
+    // A reader that returns at shutdown must not be started again.
+    while !*shutdown.borrow() {
         let listed: HashSet<&str> = shards.iter().map(|s| s.shard_id()).collect();
         for shard in &shards {
             let id = shard.shard_id();
-            if running.contains(id) || drained.contains(id) {
+            if running.contains(id) || drained.contains(id) || failed.get(id).is_some_and(|at| Instant::now() < *at) {
                 continue;
             }
             if store.get(id) == Some(Checkpoint::ShardEnd) {
@@ -122,6 +136,7 @@ pub async fn run(
                 store: store.clone(),
                 metrics: metrics.clone(),
                 shard_id: id.to_owned(),
+                consumer_arn: consumer_arn.clone(),
                 shutdown: shutdown.clone(),
             };
             let shard_id = id.to_owned();
@@ -145,7 +160,8 @@ pub async fn run(
                     Ok(ShardExit::Stopped) => {}
                     Err(e) => {
                         tracing::error!(shard_id, error = %format!("{e:#}"), "shard failed; restarting it from its checkpoint");
-                        next_list = Instant::now() + RESTART_AFTER;
+                        failed.insert(shard_id, Instant::now() + RESTART_AFTER);
+                        next_list = next_list.min(Instant::now() + RESTART_AFTER);
                     }
                 }
                 continue;

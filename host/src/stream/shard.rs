@@ -2,11 +2,12 @@
 //! offers and dead letters, and only then checkpoint. In order, at least once.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::types::{Record, ShardIteratorType};
+use aws_sdk_kinesis::operation::subscribe_to_shard::SubscribeToShardOutput;
+use aws_sdk_kinesis::types::{Record, ShardIteratorType, SubscribeToShardEventStream};
 use tokio::sync::watch;
 
 use super::checkpoint::{Checkpoint, CheckpointStore};
@@ -21,6 +22,9 @@ use crate::record::{self, Reason};
 const MIN_CALL_INTERVAL: Duration = Duration::from_millis(200);
 /// Pause after an empty read: bounds the put → output latency when idle.
 const IDLE_PAUSE: Duration = Duration::from_millis(250);
+/// How often a caught-up fan-out reader checks whether its shard ended; see
+/// [`ShardReader::ended_after`].
+const CHECK_END_EVERY: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a batch may keep retrying its writes after shutdown is asked
 /// for. Past it the batch is abandoned unacknowledged and uncheckpointed: it
@@ -51,7 +55,61 @@ pub(super) struct ShardReader {
     pub store: Arc<dyn CheckpointStore>,
     pub metrics: Arc<Metrics>,
     pub shard_id: String,
+    /// Read with SubscribeToShard through this consumer; poll if `None`.
+    pub consumer_arn: Option<Arc<str>>,
     pub shutdown: watch::Receiver<bool>,
+}
+
+/// Where reading starts: after a checkpoint (or, with fan-out, after the last
+/// continuation sequence number), or where the configuration says.
+pub(super) enum Position {
+    After(String),
+    TrimHorizon,
+    Latest,
+    Timestamp(SystemTime),
+}
+
+/// How records reach a shard reader.
+enum Feed {
+    Polling {
+        iterator: String,
+        next_call: Instant,
+    },
+    FanOut {
+        consumer_arn: Arc<str>,
+        subscription: Option<Box<Subscription>>,
+        /// Where the next subscription resumes: the last event's
+        /// continuation sequence number, which covers every record received
+        /// (processed or still pending in a batch window).
+        resume_after: Option<String>,
+        /// When the shard was last checked for having ended; see
+        /// [`ShardReader::ended_after`].
+        checked_end: Instant,
+    },
+}
+
+struct Subscription {
+    /// Holds the event stream (the SDK does not export its type).
+    call: SubscribeToShardOutput,
+    opened: Instant,
+    /// Whether an event arrived: the service refuses a subscription (another
+    /// one still active) through the event stream, not the call.
+    confirmed: bool,
+}
+
+/// What one read brought.
+enum Read {
+    Records {
+        records: Vec<Record>,
+        millis_behind_latest: Option<i64>,
+        closed: bool,
+    },
+    /// Nothing this time: backed off, re-subscribed, or woken for shutdown
+    /// or the end of a batch window.
+    Nothing,
+    /// The iterator expired and was renewed from the checkpoint: records read
+    /// since then will come again, so the pending ones must be dropped.
+    Rewound,
 }
 
 impl ShardReader {
@@ -60,12 +118,20 @@ impl ShardReader {
     /// # Errors
     /// A batch that cannot be published or checkpointed: the shard stops
     /// rather than skip records, and is restarted from its checkpoint.
-    pub async fn run(mut self) -> anyhow::Result<ShardExit> {
-        let mut iterator = self.iterator().await?;
-        let mut backoff = FIRST_BACKOFF;
+    pub async fn run(self) -> anyhow::Result<ShardExit> {
+        let mut feed = match &self.consumer_arn {
+            None => Feed::Polling { iterator: self.iterator().await?, next_call: Instant::now() },
+            Some(arn) => Feed::FanOut {
+                consumer_arn: arn.clone(),
+                subscription: None,
+                resume_after: None,
+                checked_end: Instant::now(),
+            },
+        };
         // Records read but not yet processed, while a batch window is open.
         let mut pending: Vec<Record> = Vec::new();
-        let mut window_opened = Instant::now();
+        let mut window_closes = Instant::now();
+        let mut backoff = FIRST_BACKOFF;
         loop {
             if *self.shutdown.borrow() {
                 if !pending.is_empty() {
@@ -73,76 +139,237 @@ impl ShardReader {
                 }
                 return Ok(ShardExit::Stopped);
             }
-            let started = Instant::now();
             let room = self.config.batch_size - pending.len();
-            let request = self.client.get_records().shard_iterator(&iterator).limit(room as i32);
-            let mut out = match request.send().await {
-                Ok(out) => out,
-                Err(e) => {
-                    if e.as_service_error().is_some_and(|s| s.is_expired_iterator_exception()) {
-                        tracing::info!(shard_id = self.shard_id, "iterator expired; renewing from the checkpoint");
-                        // Records read since the checkpoint are read again.
+            let window = (!pending.is_empty()).then_some(window_closes);
+            let (mut records, millis_behind_latest, closed) =
+                match self.read(&mut feed, &mut backoff, room, window).await? {
+                    Read::Records { records, millis_behind_latest, closed } => (records, millis_behind_latest, closed),
+                    Read::Nothing => (Vec::new(), None, false),
+                    Read::Rewound => {
                         pending.clear();
-                        iterator = self.iterator().await?;
-                    } else {
-                        let error = super::aws::explain(&e);
-                        tracing::warn!(shard_id = self.shard_id, %error, "GetRecords failed; backing off");
-                        backoff = sink::sleep_backoff(backoff).await;
+                        continue;
                     }
-                    continue;
-                }
-            };
-            backoff = FIRST_BACKOFF;
-            let got = out.records().len();
-            self.metrics.read(&self.shard_id, got, out.millis_behind_latest());
+                };
+            self.metrics.read(&self.shard_id, records.len(), millis_behind_latest);
             if pending.is_empty() {
-                window_opened = Instant::now();
+                window_closes = Instant::now() + self.config.batch_window;
             }
-            let next = out.next_shard_iterator.take();
-            pending.append(&mut out.records);
-            let closed = next.is_none();
-            let window_over = window_opened.elapsed() >= self.config.batch_window;
-            let full = closed || window_over || pending.len() >= self.config.batch_size;
+            pending.append(&mut records);
+            let full = closed || Instant::now() >= window_closes || pending.len() >= self.config.batch_size;
             if full
                 && !pending.is_empty()
                 && let Batch::Abandoned = self.process(std::mem::take(&mut pending)).await?
             {
                 return Ok(ShardExit::Stopped);
             }
-            let Some(next) = next else {
+            if closed {
                 self.checkpoint(Checkpoint::ShardEnd).await?;
                 tracing::info!(shard_id = self.shard_id, "shard closed and drained");
                 return Ok(ShardExit::Drained);
-            };
-            iterator = next;
-            let wait = if got == 0 && pending.is_empty() {
-                IDLE_PAUSE
-            } else {
-                MIN_CALL_INTERVAL.saturating_sub(started.elapsed())
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.shutdown.changed() => {}
             }
         }
     }
 
-    /// An iterator just after the checkpoint, or at the configured start.
-    async fn iterator(&self) -> anyhow::Result<String> {
-        let request = self.client.get_shard_iterator().stream_name(&self.config.input_stream).shard_id(&self.shard_id);
-        let request = match self.store.get(&self.shard_id) {
+    /// Reads at most `room` records (polling), waiting no later than
+    /// `window` (the end of an open batch window) or shutdown.
+    async fn read(
+        &self,
+        feed: &mut Feed,
+        backoff: &mut Duration,
+        room: usize,
+        window: Option<Instant>,
+    ) -> anyhow::Result<Read> {
+        let mut shutdown = self.shutdown.clone();
+        let woken = async move {
+            match window {
+                Some(at) => tokio::select! {
+                    () = tokio::time::sleep_until(at.into()) => {}
+                    _ = shutdown.changed() => {}
+                },
+                None => {
+                    let _ = shutdown.changed().await;
+                }
+            }
+        };
+        match feed {
+            Feed::Polling { iterator, next_call } => {
+                tokio::select! {
+                    () = tokio::time::sleep_until((*next_call).into()) => {}
+                    () = woken => return Ok(Read::Nothing),
+                }
+                let started = Instant::now();
+                let request = self.client.get_records().shard_iterator(&*iterator).limit(room as i32);
+                match request.send().await {
+                    Ok(mut out) => {
+                        *backoff = FIRST_BACKOFF;
+                        let records = std::mem::take(&mut out.records);
+                        *next_call = if records.is_empty() && window.is_none() {
+                            started + IDLE_PAUSE
+                        } else {
+                            started + MIN_CALL_INTERVAL
+                        };
+                        let closed = match out.next_shard_iterator {
+                            Some(next) => {
+                                *iterator = next;
+                                false
+                            }
+                            None => true,
+                        };
+                        Ok(Read::Records { records, millis_behind_latest: out.millis_behind_latest, closed })
+                    }
+                    Err(e) if e.as_service_error().is_some_and(|s| s.is_expired_iterator_exception()) => {
+                        tracing::info!(shard_id = self.shard_id, "iterator expired; renewing from the checkpoint");
+                        *iterator = self.iterator().await?;
+                        Ok(Read::Rewound)
+                    }
+                    Err(e) => {
+                        let error = super::aws::explain(&e);
+                        tracing::warn!(shard_id = self.shard_id, %error, "GetRecords failed; backing off");
+                        *backoff = sink::sleep_backoff(*backoff).await;
+                        Ok(Read::Nothing)
+                    }
+                }
+            }
+            Feed::FanOut { consumer_arn, subscription, resume_after, checked_end } => {
+                let lifetime = self.config.resubscribe_after;
+                let current = match subscription {
+                    Some(s) if s.opened.elapsed() < lifetime => s,
+                    _ => {
+                        *subscription = None;
+                        let position = match resume_after {
+                            Some(seq) => Position::After(seq.clone()),
+                            None => self.start_position()?,
+                        };
+                        let request = self
+                            .client
+                            .subscribe_to_shard()
+                            .consumer_arn(&**consumer_arn)
+                            .shard_id(&self.shard_id)
+                            .starting_position(super::fan_out::starting_position(&position));
+                        match request.send().await {
+                            Ok(out) => subscription.insert(Box::new(Subscription {
+                                call: out,
+                                opened: Instant::now(),
+                                confirmed: false,
+                            })),
+                            Err(e) => {
+                                let error = super::aws::explain(&e);
+                                tracing::warn!(shard_id = self.shard_id, %error, "SubscribeToShard failed; backing off");
+                                *backoff = sink::sleep_backoff(*backoff).await;
+                                return Ok(Read::Nothing);
+                            }
+                        }
+                    }
+                };
+                // Re-subscribe before the service ends the call at 5 minutes.
+                let expires = current.opened + lifetime;
+                let event = tokio::select! {
+                    event = current.call.event_stream.recv() => event,
+                    () = tokio::time::sleep_until(expires.into()) => return Ok(Read::Nothing),
+                    () = woken => return Ok(Read::Nothing),
+                };
+                match event {
+                    Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(mut event))) => {
+                        *backoff = FIRST_BACKOFF;
+                        if !current.confirmed {
+                            current.confirmed = true;
+                            tracing::debug!(shard_id = self.shard_id, "subscribed");
+                            self.metrics.subscribed(&self.shard_id);
+                        }
+                        // The service sends a null continuation (read as
+                        // empty) and the children once the shard is closed
+                        // and every record of it has been sent.
+                        let mut closed = event.continuation_sequence_number.is_empty()
+                            || event.child_shards.as_ref().is_some_and(|c| !c.is_empty());
+                        if !closed {
+                            *resume_after = Some(std::mem::take(&mut event.continuation_sequence_number));
+                        }
+                        if !closed
+                            && event.records.is_empty()
+                            && checked_end.elapsed() >= CHECK_END_EVERY
+                            && let Some(seq) = resume_after.as_deref()
+                        {
+                            *checked_end = Instant::now();
+                            closed = self.ended_after(seq).await;
+                        }
+                        Ok(Read::Records {
+                            records: std::mem::take(&mut event.records),
+                            millis_behind_latest: Some(event.millis_behind_latest),
+                            closed,
+                        })
+                    }
+                    Ok(Some(_)) => Ok(Read::Nothing),
+                    Ok(None) => {
+                        tracing::debug!(shard_id = self.shard_id, "subscription ended; re-subscribing");
+                        *subscription = None;
+                        Ok(Read::Nothing)
+                    }
+                    Err(e) => {
+                        let error = super::aws::explain(&e);
+                        if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) {
+                            // The subscription just replaced is not released
+                            // yet (AWS: for up to 5 s).
+                            tracing::debug!(shard_id = self.shard_id, %error, "previous subscription still active");
+                        } else {
+                            tracing::warn!(shard_id = self.shard_id, %error, "subscription failed; re-subscribing");
+                        }
+                        *subscription = None;
+                        *backoff = sink::sleep_backoff(*backoff).await;
+                        Ok(Read::Nothing)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the shard is closed with no record after `seq`, asked with
+    /// GetRecords. Some Kinesis-compatible servers (kinesis-local among them)
+    /// never send a closed shard's end on its subscription; AWS does, and
+    /// then this is not reached. Called at most every [`CHECK_END_EVERY`],
+    /// and only while the subscription is caught up.
+    async fn ended_after(&self, seq: &str) -> bool {
+        let iterator = self
+            .client
+            .get_shard_iterator()
+            .stream_name(&self.config.input_stream)
+            .shard_id(&self.shard_id)
+            .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+            .starting_sequence_number(seq)
+            .send()
+            .await;
+        let Some(iterator) = iterator.ok().and_then(|out| out.shard_iterator) else {
+            return false;
+        };
+        match self.client.get_records().shard_iterator(iterator).limit(1).send().await {
+            Ok(out) => out.records.is_empty() && out.next_shard_iterator.is_none(),
+            Err(_) => false,
+        }
+    }
+
+    /// Just after the checkpoint, or the configured start.
+    fn start_position(&self) -> anyhow::Result<Position> {
+        Ok(match self.store.get(&self.shard_id) {
             // `run` never starts a reader on a shard read to its end.
             Some(Checkpoint::ShardEnd) => anyhow::bail!("{} is already read to its end", self.shard_id),
-            Some(Checkpoint::At(seq)) => {
+            Some(Checkpoint::At(seq)) => Position::After(seq),
+            None => match self.config.start_at {
+                StartAt::TrimHorizon => Position::TrimHorizon,
+                StartAt::Latest => Position::Latest,
+                StartAt::Timestamp(t) => Position::Timestamp(t),
+            },
+        })
+    }
+
+    /// A shard iterator at [`Self::start_position`].
+    async fn iterator(&self) -> anyhow::Result<String> {
+        let request = self.client.get_shard_iterator().stream_name(&self.config.input_stream).shard_id(&self.shard_id);
+        let request = match self.start_position()? {
+            Position::After(seq) => {
                 request.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).starting_sequence_number(seq)
             }
-            None => match self.config.start_at {
-                StartAt::TrimHorizon => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
-                StartAt::Latest => request.shard_iterator_type(ShardIteratorType::Latest),
-                StartAt::Timestamp(t) => {
-                    request.shard_iterator_type(ShardIteratorType::AtTimestamp).timestamp(t.into())
-                }
-            },
+            Position::TrimHorizon => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
+            Position::Latest => request.shard_iterator_type(ShardIteratorType::Latest),
+            Position::Timestamp(t) => request.shard_iterator_type(ShardIteratorType::AtTimestamp).timestamp(t.into()),
         };
         let out = request.send().await.with_context(|| format!("getting an iterator for {}", self.shard_id))?;
         out.shard_iterator().map(str::to_owned).context("GetShardIterator returned no iterator")
