@@ -21,5 +21,10 @@ pub use rules::{AppliedPromo, Offer, Rejection, Rules, SignUp};
 
 /// Name reported in module metadata and in every output's `rule.name`.
 pub const NAME: &str = "reference-offer-rules";
-/// Version reported in module metadata and in every output's `rule.version`.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Version reported in module metadata and in every output's `rule.version`:
+/// the package's, unless a build sets `OFFER_RULES_VERSION` (the demo builds
+/// a second version this way to publish into a running offerd).
+pub const VERSION: &str = match option_env!("OFFER_RULES_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};

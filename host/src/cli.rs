@@ -15,10 +15,12 @@ use crate::catalog::Catalogs;
 use crate::engine::{Engine, Limits, RegionRules, RuleModule};
 use crate::enricher::{Enricher, Outcome};
 use crate::metrics::{self, Metrics};
+use crate::rollout::{self, Rollout};
 use crate::stream::checkpoint::{CheckpointStore, FileCheckpoints};
-use crate::{golden, module_store, stream};
+use crate::{admin, golden, module_store, stream};
 use run_settings::RunSettings;
 
+mod publish;
 mod run_settings;
 
 /// Exit status when the set-up (files, modules, catalogs) is unusable.
@@ -43,6 +45,11 @@ enum Command {
     Test(TestArgs),
     /// Consume a Kinesis stream of sign-ups until SIGINT/SIGTERM.
     Run(RunArgs),
+    /// Validate a module for a region (contract, init with the catalog, golden
+    /// cases, smoke batch), then install it into a module store or a running offerd.
+    Publish(publish::PublishArgs),
+    /// Put a region of a running offerd back on its previous module.
+    Rollback(publish::RollbackArgs),
 }
 
 #[derive(Args)]
@@ -127,6 +134,8 @@ pub fn main() -> ExitCode {
         Command::Enrich(args) => enrich(&args),
         Command::Test(args) => test(&args),
         Command::Run(args) => run(args),
+        Command::Publish(args) => publish::publish(&args),
+        Command::Rollback(args) => publish::rollback(&args),
     };
     match result {
         Ok(code) => code,
@@ -240,17 +249,25 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let engine = args.limits.engine()?;
     let enricher =
         Arc::new(Enricher::new(catalogs.clone(), module_store::load(&engine, &settings.modules, &catalogs)?));
+    let admin_token = settings.admin_token_file.as_deref().map(admin::read_token).transpose()?;
     let store: Arc<dyn CheckpointStore> = Arc::new(
         FileCheckpoints::open(&settings.checkpoints, &settings.stream.input_stream)
             .with_context(|| format!("opening checkpoints {}", settings.checkpoints.display()))?,
     );
     let metrics = Arc::new(Metrics::default());
+    let rollout =
+        Arc::new(Rollout::new(engine, &settings.modules, &settings.catalogs, enricher.clone(), metrics.clone()));
+    let _watcher = rollout::watcher::start(rollout.clone())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async move {
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let endpoint = match settings.metrics_addr {
             Some(addr) => Some(metrics::serve(addr, metrics.clone(), shutdown.clone()).await?),
             None => None,
+        };
+        let admin = match (settings.admin_addr, admin_token) {
+            (Some(addr), Some(token)) => Some(admin::serve(addr, token, rollout, shutdown.clone()).await?),
+            _ => None,
         };
         let client = stream::aws::kinesis_client().await?;
         tokio::spawn(async move {
@@ -264,8 +281,8 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let _ = stop.send(true);
         });
         stream::run(client, settings.stream, store, enricher, metrics, shutdown).await?;
-        if let Some(endpoint) = endpoint {
-            let _ = endpoint.await;
+        for server in [endpoint, admin].into_iter().flatten() {
+            let _ = server.await;
         }
         tracing::info!("stopped cleanly");
         Ok(ExitCode::SUCCESS)

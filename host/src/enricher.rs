@@ -4,6 +4,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
 
 use crate::catalog::Catalogs;
 use crate::engine::{FailureKind, RegionRules};
@@ -43,46 +46,102 @@ pub struct RegionTally {
     pub failures: u64,
 }
 
-/// Routes, enriches and encodes.
+/// The rules serving a region, with what is derived from them.
+pub struct Active {
+    pub rules: Arc<RegionRules>,
+    /// Pre-encodes the rule reference and catalog names of every output.
+    encoder: OfferEncoder,
+    pub since: SystemTime,
+}
+
+impl Active {
+    pub fn new(rules: Arc<RegionRules>) -> Self {
+        let encoder = OfferEncoder::new(rules.catalog(), rules.module().info());
+        Self { rules, encoder, since: SystemTime::now() }
+    }
+}
+
+/// What a region is served by.
+pub enum Serving {
+    Active(Arc<Active>),
+    /// No module could be loaded: the region's records are dead-lettered with this reason.
+    Unserved(String),
+}
+
+/// Routes, enriches and encodes. Each region's rules can be replaced while
+/// batches run: a batch takes every region's rules once, at its start, so
+/// one batch runs on one version per region and the next one on the new.
 pub struct Enricher {
     catalogs: Arc<Catalogs>,
-    loaded: LoadedRules,
-    /// Per region, for the module that serves it.
-    encoders: HashMap<String, OfferEncoder>,
+    /// Every region of `regions.toml`, fixed at start-up.
+    regions: HashMap<String, ArcSwap<Serving>>,
 }
 
 /// One region's share of a batch: the input positions and their sign-ups.
-struct RegionBatch<'r, 'a> {
-    rules: &'r Arc<RegionRules>,
+struct RegionBatch<'a> {
+    active: Arc<Active>,
     positions: Vec<usize>,
     signups: Vec<SignUp<'a>>,
 }
 
 /// Where a decoded record goes, or why it goes nowhere.
-enum Route<'a> {
-    Rules(&'a Arc<RegionRules>),
+enum Route<'c> {
+    Region(&'c str),
     Unknown(String),
 }
 
 impl Enricher {
     pub fn new(catalogs: Arc<Catalogs>, loaded: LoadedRules) -> Self {
-        let encoders = loaded
-            .rules
-            .iter()
-            .map(|(region, rules)| (region.clone(), OfferEncoder::new(rules.catalog(), rules.module().info())))
+        let LoadedRules { mut rules, mut unserved } = loaded;
+        let regions = catalogs
+            .regions()
+            .map(|c| {
+                let serving = match rules.remove(&c.region) {
+                    Some(r) => Serving::Active(Arc::new(Active::new(r))),
+                    None => Serving::Unserved(unserved.remove(&c.region).unwrap_or_else(|| "no module".into())),
+                };
+                (c.region.clone(), ArcSwap::from_pointee(serving))
+            })
             .collect();
-        Self { catalogs, loaded, encoders }
+        Self { catalogs, regions }
     }
 
-    pub fn rules(&self) -> &HashMap<String, Arc<RegionRules>> {
-        &self.loaded.rules
+    /// What serves `region` now; `None` for a region `regions.toml` lacks.
+    pub fn serving(&self, region: &str) -> Option<Arc<Serving>> {
+        self.regions.get(region).map(|s| s.load_full())
+    }
+
+    /// The active rules of `region`, if it is served.
+    pub fn active(&self, region: &str) -> Option<Arc<Active>> {
+        match self.serving(region).as_deref() {
+            Some(Serving::Active(a)) => Some(a.clone()),
+            _ => None,
+        }
+    }
+
+    /// Region names, sorted.
+    pub fn region_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.regions.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Makes `active` serve `region` from the next batch on, returning what
+    /// served it. Batches already running finish on what they started with.
+    ///
+    /// # Panics
+    /// `region` is not in `regions.toml`; callers check with [`Self::serving`].
+    pub fn swap(&self, region: &str, active: Arc<Active>) -> Arc<Serving> {
+        self.regions[region].swap(Arc::new(Serving::Active(active)))
     }
 
     /// One outcome per input, in order. Each region's records of the batch go
     /// to its module in one call.
     pub fn enrich(&self, inputs: &[&[u8]]) -> Enriched {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; inputs.len()];
-        let mut by_region: HashMap<&str, RegionBatch<'_, '_>> = HashMap::new();
+        let mut by_region: HashMap<&str, RegionBatch<'_>> = HashMap::new();
+        // Each region's rules as of the batch's start, taken on first use.
+        let mut serving: HashMap<&str, Arc<Serving>> = HashMap::new();
         for (i, input) in inputs.iter().enumerate() {
             let signup = match SignUp::decode(input) {
                 Ok(s) => s,
@@ -91,25 +150,37 @@ impl Enricher {
                     continue;
                 }
             };
-            match self.route(&signup) {
-                Route::Rules(rules) => {
-                    let share = by_region.entry(&rules.catalog().region).or_insert_with(|| RegionBatch {
-                        rules,
+            let region = match self.route(&signup) {
+                Route::Region(region) => region,
+                Route::Unknown(why) => {
+                    outcomes[i] = Some(dead(Reason::UnknownRegion, &why, None, input));
+                    continue;
+                }
+            };
+            let now = serving.entry(region).or_insert_with(|| self.regions[region].load_full());
+            match &**now {
+                Serving::Active(active) => {
+                    let share = by_region.entry(region).or_insert_with(|| RegionBatch {
+                        active: active.clone(),
                         positions: Vec::new(),
                         signups: Vec::new(),
                     });
                     share.positions.push(i);
                     share.signups.push(signup);
                 }
-                Route::Unknown(why) => outcomes[i] = Some(dead(Reason::UnknownRegion, &why, None, input)),
+                Serving::Unserved(why) => {
+                    let why = format!("region {region} has no usable module: {why}");
+                    outcomes[i] = Some(dead(Reason::UnknownRegion, &why, None, input));
+                }
             }
         }
         let mut tallies = Vec::with_capacity(by_region.len());
-        for RegionBatch { rules, positions, signups } in by_region.into_values() {
+        for RegionBatch { active, positions, signups } in by_region.into_values() {
+            let rules = &active.rules;
             let batch: Vec<&SignUp<'_>> = signups.iter().collect();
             let results = rules.enrich(&batch);
             let info = rules.module().info();
-            let encoder = &self.encoders[&rules.catalog().region];
+            let encoder = &active.encoder;
             let mut tally = RegionTally {
                 region: rules.catalog().region.clone(),
                 module_version: info.version.to_string(),
@@ -156,12 +227,10 @@ impl Enricher {
                 None => return Route::Unknown(format!("country {} is not routed to any region", signup.country)),
             },
         };
-        match self.loaded.rules.get(region) {
-            Some(rules) => Route::Rules(rules),
-            None => {
-                let why = self.loaded.unserved.get(region).map_or("no module", String::as_str);
-                Route::Unknown(format!("region {region} has no usable module: {why}"))
-            }
+        // The map's own key: it outlives the record.
+        match self.regions.get_key_value(region) {
+            Some((name, _)) => Route::Region(name),
+            None => Route::Unknown(format!("region {region} is not defined in regions.toml")),
         }
     }
 }

@@ -12,8 +12,11 @@
 //! - [`golden`]: golden cases for `offerd test`.
 //! - [`stream`]: `offerd run`, the Kinesis consumer.
 //! - [`metrics`]: Prometheus metrics and health endpoints of `offerd run`.
+//! - [`rollout`]: gated hot swap of a region's rules, rollback, the store watcher.
+//! - [`admin`]: the admin HTTP API of `offerd run`.
 //! - [`cli`]: the `offerd` command line.
 
+pub mod admin;
 pub mod catalog;
 pub mod cli;
 pub mod config_file;
@@ -23,5 +26,6 @@ pub mod golden;
 pub mod metrics;
 pub mod module_store;
 pub mod record;
+pub mod rollout;
 pub mod signup;
 pub mod stream;

@@ -1,9 +1,10 @@
 //! Metrics in the Prometheus text format, and the health endpoints, served
 //! on `--metrics-addr`. Counters are updated once per batch, never per record.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use axum::Router;
@@ -19,7 +20,22 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
+use crate::engine::ModuleInfo;
 use crate::enricher::RegionTally;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModuleLabels {
+    region: String,
+    module: String,
+    version: String,
+    digest: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    region: String,
+    result: &'static str,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShardLabels {
@@ -48,6 +64,11 @@ pub struct Metrics {
     millis_behind: Family<ShardLabels, Gauge>,
     shards_reading: Gauge,
     subscriptions: Family<ShardLabels, Counter>,
+    active_module: Family<ModuleLabels, Gauge>,
+    reloads: Family<ReloadLabels, Counter>,
+    gate_seconds: Histogram,
+    /// Offers and module failures per region, for the admin API.
+    region_totals: Mutex<HashMap<String, (u64, u64)>>,
     /// Set once every shard reader has started; cleared on shutdown.
     ready: AtomicBool,
 }
@@ -64,6 +85,21 @@ impl Default for Metrics {
         let millis_behind = Family::<ShardLabels, Gauge>::default();
         let shards_reading = Gauge::default();
         let subscriptions = Family::<ShardLabels, Counter>::default();
+        let active_module = Family::<ModuleLabels, Gauge>::default();
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        // 1 ms to about 16 s.
+        let gate_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        registry.register(
+            "active_module",
+            "1 for the module serving each region (name, version, digest)",
+            active_module.clone(),
+        );
+        registry.register("reloads", "Publications activated (ok) or refused, by region", reloads.clone());
+        registry.register(
+            "gate_seconds",
+            "Time to compile and gate a publication (world, init, golden cases, smoke batch)",
+            gate_seconds.clone(),
+        );
         registry.register("records_read", "Records read from the input stream", records_read.clone());
         registry.register("offers", "Offer records published, by region and module version", offers.clone());
         registry.register(
@@ -102,6 +138,10 @@ impl Default for Metrics {
             millis_behind,
             shards_reading,
             subscriptions,
+            active_module,
+            reloads,
+            gate_seconds,
+            region_totals: Mutex::default(),
             ready: AtomicBool::new(false),
         }
     }
@@ -118,7 +158,11 @@ impl Metrics {
 
     /// Counts a processed batch once its outputs are acknowledged.
     pub fn batch_done(&self, tallies: &[RegionTally], dead_letters: &[&'static str], seconds: f64) {
+        let mut totals = self.region_totals.lock().expect("the totals lock is never held across a panic");
         for t in tallies {
+            let total = totals.entry(t.region.clone()).or_default();
+            total.0 += t.offers;
+            total.1 += t.failures;
             let labels = RegionLabels { region: t.region.clone(), module_version: t.module_version.clone() };
             if t.offers > 0 {
                 self.offers.get_or_create(&labels).inc_by(t.offers);
@@ -131,6 +175,36 @@ impl Metrics {
             self.dead_letters.get_or_create(&DeadLetterLabels { reason }).inc();
         }
         self.batch_seconds.observe(seconds);
+    }
+
+    /// Offers and module failures of `region` so far.
+    pub fn region_counts(&self, region: &str) -> (u64, u64) {
+        let totals = self.region_totals.lock().expect("the totals lock is never held across a panic");
+        totals.get(region).copied().unwrap_or_default()
+    }
+
+    /// Marks `module` as serving `region` (or no longer serving it).
+    pub fn module_active(&self, region: &str, module: &ModuleInfo, active: bool) {
+        let labels = ModuleLabels {
+            region: region.to_owned(),
+            module: module.name.clone(),
+            version: module.version.to_string(),
+            digest: module.digest.clone(),
+        };
+        if active {
+            self.active_module.get_or_create(&labels).set(1);
+        } else {
+            self.active_module.remove(&labels);
+        }
+    }
+
+    pub fn reload(&self, region: &str, ok: bool) {
+        let result = if ok { "ok" } else { "refused" };
+        self.reloads.get_or_create(&ReloadLabels { region: region.to_owned(), result }).inc();
+    }
+
+    pub fn gate_seconds(&self, seconds: f64) {
+        self.gate_seconds.observe(seconds);
     }
 
     pub fn subscribed(&self, shard_id: &str) {

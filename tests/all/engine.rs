@@ -129,3 +129,33 @@ fn components_that_break_the_contract_are_refused_with_what_was_found() {
     let err = load(&engine, "with-import").err().unwrap();
     assert!(matches!(&err, ModuleError::HasImports(names) if names == "log"), "{err}");
 }
+
+/// The publication gate refuses each kind of broken module with its reason,
+/// and passes the reference rules with their golden cases.
+#[test]
+fn the_publication_gate_refuses_broken_modules_and_passes_good_ones() {
+    use offerd::rollout::{Refused, gate};
+    let engine = engine();
+    let catalogs = Catalogs::load(&super::catalogs()).unwrap();
+    let europe = Arc::new(catalogs.region("europe").unwrap().clone());
+    let cases = offerd::golden::load(&[offerd_tests::repo("guest/cases/europe.json")]).unwrap();
+    let bytes = |name: &str| std::fs::read(component(name)).unwrap();
+
+    let refused = gate(&engine, b"garbage", europe.clone(), &[]).err().unwrap();
+    assert!(matches!(refused, Refused::Module(ModuleError::NotAComponent(_))), "{refused}");
+    let refused = gate(&engine, &bytes("other-world"), europe.clone(), &[]).err().unwrap();
+    assert!(matches!(refused, Refused::Module(ModuleError::WrongWorld { .. })), "{refused}");
+    let refused = gate(&engine, &bytes("future-version"), europe.clone(), &[]).err().unwrap();
+    assert!(matches!(refused, Refused::Module(ModuleError::WrongWorld { .. })), "{refused}");
+    let refused = gate(&engine, &bytes("misbehave"), europe.clone(), &cases).err().unwrap();
+    assert!(matches!(&refused, Refused::Golden(why) if why.contains("inner Berlin")), "{refused}");
+    let mut poisoned = (*europe).clone();
+    poisoned.region = "poisoned".into();
+    let refused = gate(&engine, &bytes("misbehave"), Arc::new(poisoned), &[]).err().unwrap();
+    assert!(matches!(refused, Refused::Module(ModuleError::Failed { call: "init", .. })), "{refused}");
+
+    let rules = gate(&engine, &bytes("reference"), europe.clone(), &cases).unwrap();
+    assert_eq!(rules.module().info().version.to_string(), "0.1.0");
+    // Without cases the misbehaving module passes: its smoke batch neither traps nor stalls.
+    assert!(gate(&engine, &bytes("misbehave"), europe, &[]).is_ok());
+}

@@ -4,6 +4,7 @@
 mod cli_enrich;
 mod cli_test;
 mod engine;
+mod rollout;
 mod stream;
 
 use std::path::PathBuf;

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::{catalogs, store_with};
 
-const DEADLINE: Duration = Duration::from_secs(90);
+pub(super) const DEADLINE: Duration = Duration::from_secs(90);
 
 fn endpoint() -> String {
     std::env::var("OFFERD_TEST_KINESIS_ENDPOINT").expect(
@@ -30,13 +30,14 @@ fn fresh_account() -> String {
     format!("{:06}{:06}", std::process::id() % 1_000_000, n)
 }
 
-struct Kinesis {
-    client: Client,
+#[derive(Clone)]
+pub(super) struct Kinesis {
+    pub(super) client: Client,
     account: String,
 }
 
 impl Kinesis {
-    async fn new() -> Self {
+    pub(super) async fn new() -> Self {
         let account = fresh_account();
         let creds = aws_sdk_kinesis::config::Credentials::new(&account, "secret", None, None, "test");
         let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -55,7 +56,7 @@ impl Kinesis {
 
     /// Puts each round in one call: records of one key keep their order.
     /// Returns where each record landed: (shard id, sequence number).
-    async fn put(&self, stream: &str, records: &[(String, String)]) -> Vec<(String, Seq)> {
+    pub(super) async fn put(&self, stream: &str, records: &[(String, String)]) -> Vec<(String, Seq)> {
         let entries: Vec<PutRecordsRequestEntry> = records
             .iter()
             .map(|(key, data)| {
@@ -80,7 +81,7 @@ impl Kinesis {
     }
 
     /// Every record of every shard, in shard order.
-    async fn read_all(&self, stream: &str) -> Vec<Value> {
+    pub(super) async fn read_all(&self, stream: &str) -> Vec<Value> {
         let shards = self.client.list_shards().stream_name(stream).send().await.unwrap();
         let mut all = Vec::new();
         for shard in shards.shards() {
@@ -107,7 +108,7 @@ impl Kinesis {
     }
 
     /// Polls both output streams until they hold `want` records in all.
-    async fn wait_for(&self, out: &str, dlq: &str, want: usize) -> (Vec<Value>, Vec<Value>) {
+    pub(super) async fn wait_for(&self, out: &str, dlq: &str, want: usize) -> (Vec<Value>, Vec<Value>) {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let (offers, dead) = (self.read_all(out).await, self.read_all(dlq).await);
@@ -120,6 +121,17 @@ impl Kinesis {
     }
 
     fn offerd(&self, streams: &Streams, checkpoints: &Path, modules: &Path, extra: &[&str]) -> Offerd {
+        self.offerd_with(streams, checkpoints, modules, &catalogs(), extra)
+    }
+
+    pub(super) fn offerd_with(
+        &self,
+        streams: &Streams,
+        checkpoints: &Path,
+        modules: &Path,
+        catalogs: &Path,
+        extra: &[&str],
+    ) -> Offerd {
         let child = Command::new(env!("CARGO_BIN_EXE_offerd-cli"))
             .args(["run", "--input-stream", &streams.input, "--output-stream", &streams.output])
             .args(["--dead-letter-stream", &streams.dlq])
@@ -127,7 +139,7 @@ impl Kinesis {
             .arg("--modules")
             .arg(modules)
             .arg("--catalogs")
-            .arg(catalogs())
+            .arg(catalogs)
             .arg("--checkpoints")
             .arg(checkpoints)
             .env("AWS_ENDPOINT_URL", endpoint())
@@ -143,11 +155,11 @@ impl Kinesis {
 }
 
 /// A running `offerd run`, killed if the test fails before stopping it.
-struct Offerd(Option<Child>);
+pub(super) struct Offerd(Option<Child>);
 
 impl Offerd {
     /// SIGINT, then the process must exit 0 within the bound.
-    fn stop(mut self) {
+    pub(super) fn stop(mut self) {
         let mut child = self.0.take().unwrap();
         let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
         assert!(status.success());
@@ -179,13 +191,13 @@ impl Drop for Offerd {
     }
 }
 
-struct Streams {
-    input: String,
-    output: String,
-    dlq: String,
+pub(super) struct Streams {
+    pub(super) input: String,
+    pub(super) output: String,
+    pub(super) dlq: String,
 }
 
-async fn streams(k: &Kinesis, input_shards: i32) -> Streams {
+pub(super) async fn streams(k: &Kinesis, input_shards: i32) -> Streams {
     let s = Streams { input: "signups".into(), output: "offers".into(), dlq: "dead-letters".into() };
     k.create(&s.input, input_shards).await;
     k.create(&s.output, 2).await;
@@ -194,12 +206,12 @@ async fn streams(k: &Kinesis, input_shards: i32) -> Streams {
 }
 
 /// A loopback address nothing listens on yet.
-fn free_addr() -> String {
+pub(super) fn free_addr() -> String {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
 }
 
 /// A plain HTTP/1.0 GET: (status, body).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
+pub(super) fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(addr).unwrap();
     write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
@@ -211,7 +223,7 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
 }
 
 /// Polls `/metrics` until it holds `line`; the endpoint may not be bound yet.
-fn wait_for_metric(addr: &str, line: &str) -> String {
+pub(super) fn wait_for_metric(addr: &str, line: &str) -> String {
     let deadline = Instant::now() + DEADLINE;
     loop {
         if std::net::TcpStream::connect(addr).is_ok() {
@@ -233,13 +245,13 @@ fn signup(user: &str, n: usize) -> String {
 
 /// Sequence numbers are decimal strings too long for any integer type:
 /// ordered by length, then digits.
-type Seq = (usize, String);
+pub(super) type Seq = (usize, String);
 
 fn seq_of(text: &str) -> Seq {
     (text.len(), text.to_owned())
 }
 
-fn seq(v: &Value) -> Seq {
+pub(super) fn seq(v: &Value) -> Seq {
     seq_of(v["source"]["sequence_number"].as_str().unwrap())
 }
 
@@ -541,7 +553,7 @@ async fn kpl_aggregates_are_deaggregated() {
 }
 
 /// The value of a counter or gauge line of `/metrics` starting with `series`, 0 if absent.
-fn metric_value(addr: &str, series: &str) -> f64 {
+pub(super) fn metric_value(addr: &str, series: &str) -> f64 {
     let (_, text) = http_get(addr, "/metrics");
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))

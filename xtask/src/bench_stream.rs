@@ -59,7 +59,7 @@ pub fn run(options: &Options) -> Result<()> {
         let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
         let checkpoints = work.join("checkpoints.json");
         let _ = std::fs::remove_file(&checkpoints);
-        let offerd = demo::spawn_offerd(&root, &streams, &modules, &checkpoints, &metrics, &aws_env)?;
+        let offerd = demo::spawn_offerd(&root, &streams, &modules, &checkpoints, &metrics, &aws_env, &[])?;
         let pid = offerd.id();
         let result = phases(&client, &streams, &root, options, &metrics, pid).await;
         demo::stop(offerd)?;

@@ -40,7 +40,14 @@ pub fn run(options: &Options) -> Result<()> {
     std::fs::create_dir_all(&modules)?;
     xtask::ensure_guest_target()?;
     println!("building the reference rules module and offerd…");
+    // Version 0.2.0 of the same rules, published into the running offerd
+    // for one region half-way through.
+    let v2 = work.join("europe-v2.wasm");
+    std::fs::write(&v2, xtask::build_component_as("offer-rules", Some(V2))?)?;
     std::fs::write(modules.join("default.wasm"), xtask::build_component("offer-rules")?)?;
+    let _ = std::fs::remove_file(modules.join("europe.wasm"));
+    let token_file = work.join("admin-token");
+    std::fs::write(&token_file, format!("demo-{}\n", demo_token()))?;
     xtask::cargo(&["build", "--quiet", "--package", "offerd"])?;
 
     // A local Kinesis unless the caller points at one.
@@ -84,8 +91,12 @@ pub fn run(options: &Options) -> Result<()> {
         let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
         let checkpoints = work.join("checkpoints.json");
         let _ = std::fs::remove_file(&checkpoints);
-        let offerd = spawn_offerd(&root, &streams, &modules, &checkpoints, &metrics_addr, &aws_env)?;
-        let result = drive(&client, &streams, &root, options, &metrics_addr).await;
+        let admin_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+        let admin = ["--admin-addr", &admin_addr, "--admin-token-file", token_file.to_str().context("UTF-8 path")?];
+        let offerd = spawn_offerd(&root, &streams, &modules, &checkpoints, &metrics_addr, &aws_env, &admin)?;
+        println!("admin API on http://{admin_addr} (bearer token in {})", token_file.display());
+        let publish = Publish { root: &root, module: &v2, admin: &admin_addr, token_file: &token_file };
+        let result = drive(&client, &streams, &root, options, &metrics_addr, &publish).await;
         stop(offerd)?;
         result?;
         show_samples(&client, &streams).await
@@ -133,6 +144,7 @@ pub(crate) fn spawn_offerd(
     checkpoints: &Path,
     metrics_addr: &str,
     aws_env: &[(&str, String)],
+    extra: &[&str],
 ) -> Result<Child> {
     let binary = root.join("target/debug/offerd");
     let mut command = Command::new(&binary);
@@ -145,6 +157,7 @@ pub(crate) fn spawn_offerd(
         .arg(root.join("catalogs"))
         .arg("--checkpoints")
         .arg(checkpoints)
+        .args(extra)
         .env("OFFERD_LOG", std::env::var("OFFERD_LOG").unwrap_or_else(|_| "warn".into()));
     for (key, value) in aws_env {
         command.env(key, value);
@@ -154,7 +167,51 @@ pub(crate) fn spawn_offerd(
 
 /// Writes the sign-ups at the configured rate while printing progress once a
 /// second, then waits until every one came out as an offer or dead letter.
-async fn drive(client: &Client, streams: &Streams, root: &Path, options: &Options, metrics: &str) -> Result<()> {
+/// The mid-run publication of europe's v2 through `offerd publish`.
+struct Publish<'a> {
+    root: &'a Path,
+    module: &'a Path,
+    admin: &'a str,
+    token_file: &'a Path,
+}
+
+impl Publish<'_> {
+    /// Validates locally (europe's golden cases included), then uploads.
+    fn run(&self) -> Result<()> {
+        let status = Command::new(self.root.join("target/debug/offerd"))
+            .args(["publish", "--region", "europe"])
+            .arg(self.module)
+            .arg("--catalogs")
+            .arg(self.root.join("catalogs"))
+            .arg("--cases")
+            .arg(self.root.join("guest/cases/europe.json"))
+            .args(["--admin-url", &format!("http://{}", self.admin), "--admin-token-file"])
+            .arg(self.token_file)
+            .status()?;
+        if !status.success() {
+            bail!("offerd publish failed ({status})");
+        }
+        Ok(())
+    }
+}
+
+/// The rules version the demo publishes for europe mid-run.
+const V2: &str = "0.2.0";
+
+/// Not a secret worth more: the demo's API listens on loopback for its run only.
+fn demo_token() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    format!("{:x}{:x}", nanos, std::process::id())
+}
+
+async fn drive(
+    client: &Client,
+    streams: &Streams,
+    root: &Path,
+    options: &Options,
+    metrics: &str,
+    publish: &Publish<'_>,
+) -> Result<()> {
     // One in fifty is malformed on purpose, to show the dead letters.
     let mut generator = xtask::signups::Generator::new(&root.join("catalogs/geonames/cities15000.csv"), 2026)?;
     let signups = generator.batch(options.signups, Some(50));
@@ -174,6 +231,10 @@ async fn drive(client: &Client, streams: &Streams, root: &Path, options: &Option
         if sent < signups.len() {
             let end = (sent + per_tick).min(signups.len());
             put(client, &streams.input, &signups[sent..end]).await?;
+            if sent < signups.len() / 2 && end >= signups.len() / 2 {
+                println!("  publishing europe's rules v{V2} into the running offerd:");
+                publish.run()?;
+            }
             sent = end;
         }
         if last_tick.elapsed() < Duration::from_secs(1) {
@@ -181,7 +242,7 @@ async fn drive(client: &Client, streams: &Streams, root: &Path, options: &Option
         }
         let now = Progress::scrape(metrics).unwrap_or_default();
         let rate = (now.read - last.read) as f64 / last_tick.elapsed().as_secs_f64();
-        let regions: Vec<String> = now.offers_by_region.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        let regions: Vec<String> = now.offers_by_rules.iter().map(|(r, n)| format!("{r} {n}")).collect();
         println!(
             "  {:>4.0}s  sent {sent:>6}  read {:>6} ({rate:>5.0}/s)  lag {:>5} ms  offers {:>6}  dead letters {:>4}  | {}",
             started.elapsed().as_secs_f64(),
@@ -234,14 +295,15 @@ pub(crate) async fn put(client: &Client, stream: &str, lines: &[String]) -> Resu
 #[derive(Default)]
 pub(crate) struct Progress {
     pub read: u64,
-    pub offers_by_region: BTreeMap<String, u64>,
+    /// Keyed by `<region> v<module version>`.
+    pub offers_by_rules: BTreeMap<String, u64>,
     pub dead_letters: u64,
     lag_ms: i64,
 }
 
 impl Progress {
     pub fn offers(&self) -> u64 {
-        self.offers_by_region.values().sum()
+        self.offers_by_rules.values().sum()
     }
 
     pub fn scrape(addr: &str) -> Result<Self> {
@@ -263,8 +325,9 @@ impl Progress {
                 "offerd_dead_letters_total" => progress.dead_letters += value as u64,
                 "offerd_millis_behind_latest" => progress.lag_ms = progress.lag_ms.max(value as i64),
                 "offerd_offers_total" => {
-                    let region = label("region").unwrap_or("?").to_owned();
-                    *progress.offers_by_region.entry(region).or_default() += value as u64;
+                    let region =
+                        format!("{} v{}", label("region").unwrap_or("?"), label("module_version").unwrap_or("?"));
+                    *progress.offers_by_rules.entry(region).or_default() += value as u64;
                 }
                 _ => {}
             }

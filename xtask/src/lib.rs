@@ -24,6 +24,15 @@ pub fn workspace_root() -> PathBuf {
 /// When cargo fails (missing target: `rustup target add wasm32-unknown-unknown`)
 /// or the module does not encode as a component.
 pub fn build_component(package: &str) -> Result<Vec<u8>> {
+    build_component_as(package, None)
+}
+
+/// As [`build_component`], with the reference rules' reported version set
+/// to `version` (`OFFER_RULES_VERSION`) instead of the package's.
+///
+/// # Errors
+/// As [`build_component`].
+pub fn build_component_as(package: &str, version: Option<&str>) -> Result<Vec<u8>> {
     let root = workspace_root();
     let target_dir = root.join("target").join("guests");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -38,6 +47,10 @@ pub fn build_component(package: &str) -> Result<Vec<u8>> {
     {
         cmd.env_remove(var);
     }
+    match version {
+        Some(v) => cmd.env("OFFER_RULES_VERSION", v),
+        None => cmd.env_remove("OFFER_RULES_VERSION"),
+    };
     let status = cmd.status().with_context(|| format!("running cargo to build {package}"))?;
     if !status.success() {
         bail!(

@@ -54,6 +54,12 @@ pub(super) struct RunSettings {
     /// the service ends each after 300 [default: 290].
     #[arg(long, value_name = "SECONDS", hide = true)]
     resubscribe_after_secs: Option<u64>,
+    /// Serve the admin API (publish, rollback, status) here; needs --admin-token-file.
+    #[arg(long, value_name = "HOST:PORT", requires = "admin_token_file")]
+    admin_addr: Option<SocketAddr>,
+    /// File holding the admin API's bearer token.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
     /// Serve Prometheus metrics on /metrics and health on /healthz, /readyz.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<SocketAddr>,
@@ -66,6 +72,8 @@ pub(super) struct Resolved {
     pub catalogs: PathBuf,
     pub checkpoints: PathBuf,
     pub metrics_addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl RunSettings {
@@ -76,7 +84,8 @@ impl RunSettings {
             Some(path) => {
                 let mut file: RunSettings = config_file::parse(path)?;
                 let base = path.parent().unwrap_or(Path::new(""));
-                for p in [&mut file.modules, &mut file.catalogs, &mut file.checkpoints].into_iter().flatten() {
+                let paths = [&mut file.modules, &mut file.catalogs, &mut file.checkpoints, &mut file.admin_token_file];
+                for p in paths.into_iter().flatten() {
                     *p = base.join(&*p);
                 }
                 file
@@ -117,6 +126,11 @@ impl RunSettings {
         if !(Duration::from_secs(1)..Duration::from_secs(300)).contains(&resubscribe_after) {
             bail!("{}: must be 1 to 299 (the service ends a subscription at 300)", origin("resubscribe-after-secs"));
         }
+        let admin_addr = self.admin_addr.or(file.admin_addr);
+        let admin_token_file = self.admin_token_file.or(file.admin_token_file);
+        if admin_addr.is_some() && admin_token_file.is_none() {
+            bail!("{} is required with admin-addr", origin("admin-token-file"));
+        }
         Ok(Resolved {
             stream: RunConfig {
                 input_stream,
@@ -132,6 +146,8 @@ impl RunSettings {
             catalogs: required_path(self.catalogs.or(file.catalogs), "catalogs")?,
             checkpoints: self.checkpoints.or(file.checkpoints).unwrap_or_else(|| "offerd-checkpoints.json".into()),
             metrics_addr: self.metrics_addr.or(file.metrics_addr),
+            admin_addr,
+            admin_token_file,
         })
     }
 }

@@ -1,0 +1,137 @@
+//! The admin HTTP API on `--admin-addr`: publish a module for a region, roll
+//! it back, and see what serves every region and the last refused
+//! publication. Every request needs `Authorization: Bearer <token>`; one
+//! without it is refused before anything is read or changed.
+//!
+//! - `GET  /v1/regions`: [`RegionStatus`](crate::rollout::RegionStatus) of every region.
+//! - `PUT  /v1/regions/{region}/module`: the component's bytes as the body;
+//!   200 with the active module, 422 with the refusal, 404 for an unknown region.
+//! - `POST /v1/regions/{region}/rollback`: 200 with the module now active,
+//!   409 if there is no previous version.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::rollout::{Origin, Refused, Rollout};
+
+/// Largest module accepted, well above the 2 MB modules are sized for.
+const MAX_MODULE_BYTES: usize = 32 << 20;
+
+#[derive(Clone)]
+struct Admin {
+    rollout: Arc<Rollout>,
+    token: Arc<str>,
+}
+
+/// Binds `addr` now (a taken port stops start-up) and serves the API until `shutdown`.
+///
+/// # Errors
+/// The address cannot be bound.
+pub async fn serve(
+    addr: SocketAddr,
+    token: String,
+    rollout: Arc<Rollout>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --admin-addr {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving the admin API");
+    let state = Admin { rollout, token: token.into() };
+    let app = Router::new()
+        .route("/v1/regions", get(regions))
+        .route("/v1/regions/{region}/module", put(publish))
+        .route("/v1/regions/{region}/rollback", post(rollback))
+        .layer(DefaultBodyLimit::max(MAX_MODULE_BYTES))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .with_state(state);
+    Ok(tokio::spawn(async move {
+        let stop = async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            tracing::error!(error = %e, "admin API failed");
+        }
+    }))
+}
+
+/// Reads the bearer token from `path`: one line, surrounding whitespace ignored.
+///
+/// # Errors
+/// The file cannot be read or is empty.
+pub fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading the admin token file {}", path.display()))?;
+    let token = text.trim();
+    anyhow::ensure!(!token.is_empty(), "the admin token file {} is empty", path.display());
+    Ok(token.to_owned())
+}
+
+async fn authorize(State(admin): State<Admin>, request: Request, next: Next) -> Response {
+    let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let expected = format!("Bearer {}", admin.token);
+    // Compares every byte whatever the first difference, so response time
+    // does not tell how much of a guess was right.
+    let matches = given.is_some_and(|g| {
+        g.len() == expected.len() && g.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    });
+    if !matches {
+        tracing::warn!(path = %request.uri().path(), "admin request without the right bearer token refused");
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            axum::Json(json!({"error": "missing or wrong bearer token"})),
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+async fn regions(State(admin): State<Admin>) -> Response {
+    axum::Json(admin.rollout.status()).into_response()
+}
+
+async fn publish(State(admin): State<Admin>, Path(region): Path<String>, body: Bytes) -> Response {
+    let rollout = admin.rollout.clone();
+    // Compiling and gating run module code: off the async threads.
+    let published =
+        tokio::task::spawn_blocking(move || rollout.publish(&region, body.to_vec(), Origin::AdminApi)).await;
+    answer(published)
+}
+
+async fn rollback(State(admin): State<Admin>, Path(region): Path<String>) -> Response {
+    let rollout = admin.rollout.clone();
+    answer(tokio::task::spawn_blocking(move || rollout.rollback(&region)).await)
+}
+
+fn answer(result: Result<Result<Arc<crate::enricher::Active>, Refused>, tokio::task::JoinError>) -> Response {
+    match result {
+        Ok(Ok(active)) => {
+            let info = active.rules.module().info();
+            axum::Json(json!({"name": info.name, "version": info.version.to_string(), "digest": info.digest}))
+                .into_response()
+        }
+        Ok(Err(refused)) => {
+            let status = match refused {
+                Refused::UnknownRegion(_) => StatusCode::NOT_FOUND,
+                Refused::NothingToRollBack(_) => StatusCode::CONFLICT,
+                Refused::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            (status, axum::Json(json!({"error": refused.to_string()}))).into_response()
+        }
+        Err(e) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"error": format!("publication task failed: {e}")})))
+                .into_response()
+        }
+    }
+}

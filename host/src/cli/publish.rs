@@ -1,0 +1,146 @@
+//! `offerd publish` and `offerd rollback`: validate a module where it is
+//! built, then install it into a module store or a running offerd.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, header};
+use hyper_util::rt::TokioIo;
+
+use super::LimitArgs;
+use crate::catalog::Catalogs;
+use crate::rollout::{self, write_atomically};
+use crate::{admin, golden};
+
+#[derive(Args)]
+pub(super) struct PublishArgs {
+    /// The region the module is for.
+    #[arg(long, value_name = "REGION")]
+    region: String,
+    /// The component to publish.
+    #[arg(value_name = "FILE")]
+    module: PathBuf,
+    /// Catalog directory to validate against (`regions.toml`, `<region>.toml`).
+    #[arg(long, value_name = "DIR")]
+    catalogs: PathBuf,
+    /// Golden cases the module must pass; with --to, installed beside it as
+    /// `<region>.cases.json` so every later publication is gated on them too.
+    #[arg(long, value_name = "FILE")]
+    cases: Option<PathBuf>,
+    /// Install into this module store (a running offerd watching it picks it up).
+    #[arg(long, value_name = "DIR", conflicts_with = "admin_url", required_unless_present = "admin_url")]
+    to: Option<PathBuf>,
+    #[command(flatten)]
+    admin: AdminArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+#[derive(Args)]
+pub(super) struct RollbackArgs {
+    /// The region to put back on its previous module.
+    #[arg(long, value_name = "REGION")]
+    region: String,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    /// The admin API of a running offerd (`http://127.0.0.1:9101`).
+    #[arg(long, value_name = "URL", requires = "admin_token_file")]
+    admin_url: Option<String>,
+    /// File holding the admin API's bearer token.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+}
+
+pub(super) fn publish(args: &PublishArgs) -> anyhow::Result<ExitCode> {
+    let region = &args.region;
+    let catalog = Catalogs::load_region_file(&args.catalogs.join(format!("{region}.toml")))?;
+    let bytes = std::fs::read(&args.module).with_context(|| format!("reading {}", args.module.display()))?;
+    let cases = match &args.cases {
+        Some(file) => golden::load(std::slice::from_ref(file))?,
+        None => Vec::new(),
+    };
+    let engine = args.limits.engine()?;
+    let rules = rollout::gate(&engine, &bytes, Arc::new(catalog), &cases)
+        .with_context(|| format!("{} refused for {region}", args.module.display()))?;
+    let info = rules.module().info();
+    eprintln!(
+        "validated {} {} ({}) for {region}: {} golden cases passed",
+        info.name,
+        info.version,
+        info.digest,
+        cases.len()
+    );
+    if let Some(store) = &args.to {
+        // Cases first: the watcher gates the module on them as it arrives.
+        if let Some(file) = &args.cases {
+            let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            write_atomically(&rollout::cases_path(store, region), &text)?;
+        }
+        write_atomically(&store.join(format!("{region}.wasm")), &bytes)?;
+        eprintln!("installed into {}", store.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (url, token) = args.admin.target()?;
+    let path = format!("/v1/regions/{region}/module");
+    runtime()?.block_on(call(&url, &token, Method::PUT, &path, bytes))
+}
+
+pub(super) fn rollback(args: &RollbackArgs) -> anyhow::Result<ExitCode> {
+    let (url, token) = args.admin.target()?;
+    let path = format!("/v1/regions/{}/rollback", args.region);
+    runtime()?.block_on(call(&url, &token, Method::POST, &path, Vec::new()))
+}
+
+impl AdminArgs {
+    fn target(&self) -> anyhow::Result<(String, String)> {
+        let (Some(url), Some(token_file)) = (&self.admin_url, &self.admin_token_file) else {
+            bail!("--admin-url and --admin-token-file are required");
+        };
+        Ok((url.trim_end_matches('/').to_owned(), admin::read_token(token_file)?))
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")
+}
+
+/// One admin API call; prints the answer, exit status 0 only for a 2xx.
+async fn call(url: &str, token: &str, method: Method, path: &str, body: Vec<u8>) -> anyhow::Result<ExitCode> {
+    let uri: hyper::Uri = url.parse().with_context(|| format!("--admin-url {url:?}"))?;
+    if uri.scheme_str() != Some("http") {
+        bail!("--admin-url {url:?}: only http:// is supported; put TLS in front of the admin API");
+    }
+    let authority = uri.authority().context("--admin-url has no host")?.clone();
+    let port = authority.port_u16().unwrap_or(80);
+    let stream = tokio::net::TcpStream::connect((authority.host(), port))
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, authority.as_str())
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Full::new(Bytes::from(body)))?;
+    let response = sender.send_request(request).await.with_context(|| format!("calling {url}{path}"))?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    if status.is_success() {
+        println!("{text}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{status}: {text}");
+        Ok(ExitCode::FAILURE)
+    }
+}

@@ -1,0 +1,431 @@
+//! Rule roll-out while running: gate a new module (or catalog) off the record
+//! path, then swap it in for one region between two batches; keep the
+//! previous version for a one-step rollback.
+//!
+//! Every publication path (the watched module store, the admin API, `offerd
+//! publish --to`) ends in [`Rollout::publish`]; a refused publication leaves
+//! the active rules untouched and is kept as the region's last refusal.
+
+pub mod watcher;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::catalog::{Catalogs, RegionCatalog};
+use crate::config_file::ConfigError;
+use crate::engine::{Engine, FailureKind, ModuleError, RegionRules, RuleModule};
+use crate::enricher::{Active, Enricher, Serving};
+use crate::golden::{self, Case};
+use crate::metrics::Metrics;
+use crate::module_store;
+use crate::signup::SignUp;
+
+/// Why a module or catalog was not activated.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("region {0:?} is not defined in regions.toml")]
+    UnknownRegion(String),
+    #[error("{0}")]
+    Module(#[from] ModuleError),
+    #[error("{0}")]
+    Catalog(#[from] ConfigError),
+    #[error("cases file {file}: {reason}")]
+    Cases { file: PathBuf, reason: String },
+    #[error("golden cases failed:\n{0}")]
+    Golden(String),
+    #[error("smoke batch failed: {0}")]
+    Smoke(String),
+    #[error("no previous version of {0} to roll back to")]
+    NothingToRollBack(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// The gate every module passes before it serves: compile, check the world,
+/// contract version and metadata, `init` with the region's catalog, the
+/// golden `cases`, and a smoke batch (one sign-up per metro of the catalog)
+/// that must not trap, time out or exhaust memory.
+///
+/// # Errors
+/// The first check that fails.
+pub fn gate(
+    engine: &Engine,
+    bytes: &[u8],
+    catalog: Arc<RegionCatalog>,
+    cases: &[(PathBuf, Case)],
+) -> Result<RegionRules, Refused> {
+    let module = Arc::new(RuleModule::load(engine, bytes)?);
+    let rules = RegionRules::new(module, catalog)?;
+    let failures: Vec<String> = golden::run(&rules, cases)
+        .into_iter()
+        .filter_map(|v| v.failure.map(|f| format!("{}\n{f}", golden::label(&v.file, &v.name))))
+        .collect();
+    if !failures.is_empty() {
+        return Err(Refused::Golden(failures.join("\n")));
+    }
+    smoke(&rules)?;
+    Ok(rules)
+}
+
+/// One batch as production would send it: a sign-up at every metro.
+fn smoke(rules: &RegionRules) -> Result<(), Refused> {
+    let catalog = rules.catalog();
+    let lines: Vec<Vec<u8>> = catalog
+        .metros
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            serde_json::to_vec(&serde_json::json!({
+                "user_id": format!("smoke-{i}"),
+                "location": {"country": m.country, "lat": m.lat, "lon": m.lon},
+            }))
+            .expect("a JSON value always serialises")
+        })
+        .collect();
+    let signups: Vec<SignUp<'_>> =
+        lines.iter().map(|l| SignUp::decode(l).map_err(|e| Refused::Smoke(e.to_string()))).collect::<Result<_, _>>()?;
+    let batch: Vec<&SignUp<'_>> = signups.iter().collect();
+    for (signup, result) in batch.iter().zip(rules.enrich(&batch)) {
+        if let Err(f) = result
+            && !matches!(f.kind, FailureKind::Rejected(_))
+        {
+            return Err(Refused::Smoke(format!("{:?} on {}: {}", f.kind, signup.user_id, f.detail)));
+        }
+    }
+    Ok(())
+}
+
+/// Where a publication came from, for logs, metrics and the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// A `<region>.wasm` written to the watched module store.
+    ModuleStore,
+    /// A `<region>.toml` changed in the watched catalog directory.
+    Catalog,
+    AdminApi,
+    Rollback,
+}
+
+/// A publication that was refused.
+#[derive(Debug, Clone, Serialize)]
+pub struct Refusal {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: time::OffsetDateTime,
+    pub origin: Origin,
+    /// Of the refused bytes, when a module was refused.
+    pub digest: Option<String>,
+    pub reason: String,
+}
+
+/// A region as the admin API shows it.
+#[derive(Debug, Serialize)]
+pub struct RegionStatus {
+    pub region: String,
+    pub active: Option<ModuleStatus>,
+    /// Why the region has no rules, if it has none.
+    pub unserved: Option<String>,
+    pub previous: Option<ModuleStatus>,
+    pub last_refusal: Option<Refusal>,
+    pub offers: u64,
+    pub failures: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModuleStatus {
+    pub name: String,
+    pub version: String,
+    pub digest: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub loaded_at: time::OffsetDateTime,
+}
+
+impl ModuleStatus {
+    fn of(active: &Active) -> Self {
+        let info = active.rules.module().info();
+        Self {
+            name: info.name.clone(),
+            version: info.version.to_string(),
+            digest: info.digest.clone(),
+            loaded_at: active.since.into(),
+        }
+    }
+}
+
+/// A version that served a region, with its bytes so a rollback can put it
+/// back into the module store.
+struct Version {
+    active: Arc<Active>,
+    bytes: Arc<[u8]>,
+}
+
+#[derive(Default)]
+struct History {
+    current_bytes: Option<Arc<[u8]>>,
+    previous: Option<Version>,
+    last_refusal: Option<Refusal>,
+}
+
+/// Owns roll-out for every region of one running enricher.
+pub struct Rollout {
+    engine: Engine,
+    modules: PathBuf,
+    catalogs: PathBuf,
+    enricher: Arc<Enricher>,
+    metrics: Arc<Metrics>,
+    /// Also serialises publications: one gate runs at a time, so two
+    /// publications of one region cannot race to the swap.
+    history: Mutex<HashMap<String, History>>,
+}
+
+impl Rollout {
+    pub fn new(
+        engine: Engine,
+        modules: &Path,
+        catalogs: &Path,
+        enricher: Arc<Enricher>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let mut history = HashMap::new();
+        for region in enricher.region_names() {
+            let current_bytes =
+                module_store::module_path(modules, region).and_then(|p| std::fs::read(p).ok()).map(Arc::from);
+            if let Some(active) = enricher.active(region) {
+                metrics.module_active(region, active.rules.module().info(), true);
+            }
+            history.insert(region.to_owned(), History { current_bytes, ..History::default() });
+        }
+        Self {
+            engine,
+            modules: modules.to_owned(),
+            catalogs: catalogs.to_owned(),
+            enricher,
+            metrics,
+            history: Mutex::new(history),
+        }
+    }
+
+    pub fn region_names(&self) -> Vec<String> {
+        self.enricher.region_names().into_iter().map(str::to_owned).collect()
+    }
+
+    pub fn modules_dir(&self) -> &Path {
+        &self.modules
+    }
+
+    pub fn catalogs_dir(&self) -> &Path {
+        &self.catalogs
+    }
+
+    /// Gates `bytes` for `region` and, if they pass, makes them serve it from
+    /// its next batch. Runs the module's code: call it off the async threads.
+    /// From the admin API, the module is also written to the module store
+    /// (atomically) so a restart serves it too.
+    ///
+    /// # Errors
+    /// The gate refused it; the active rules keep serving.
+    pub fn publish(&self, region: &str, bytes: Vec<u8>, origin: Origin) -> Result<Arc<Active>, Refused> {
+        let started = Instant::now();
+        let mut history = self.history.lock().expect("the roll-out lock is never held across a panic");
+        let Some(entry) = history.get_mut(region) else {
+            return Err(Refused::UnknownRegion(region.to_owned()));
+        };
+        let bytes: Arc<[u8]> = bytes.into();
+        let result = self.gated(region, &bytes, None).and_then(|rules| {
+            if origin == Origin::AdminApi {
+                write_atomically(&self.modules.join(format!("{region}.wasm")), &bytes)?;
+            }
+            Ok(rules)
+        });
+        self.metrics.gate_seconds(started.elapsed().as_secs_f64());
+        match result {
+            Ok(rules) => Ok(self.activate(region, entry, rules, bytes, origin)),
+            Err(refused) => {
+                let digest = Some(format!("sha256:{:x}", Sha256::digest(&bytes)));
+                Err(self.refuse(region, entry, origin, digest, refused))
+            }
+        }
+    }
+
+    /// Re-reads `<region>.toml` and gates the active module with it.
+    ///
+    /// # Errors
+    /// The catalog is invalid or the module refuses it; the old pair keeps serving.
+    pub fn reload_catalog(&self, region: &str) -> Result<Arc<Active>, Refused> {
+        let started = Instant::now();
+        let mut history = self.history.lock().expect("the roll-out lock is never held across a panic");
+        let Some(entry) = history.get_mut(region) else {
+            return Err(Refused::UnknownRegion(region.to_owned()));
+        };
+        let Some(bytes) = entry.current_bytes.clone() else {
+            return Err(Refused::Io(format!("{region} has no module to apply the catalog to")));
+        };
+        let catalog = Catalogs::load_region_file(&self.catalogs.join(format!("{region}.toml")));
+        let result = catalog.map_err(Refused::from).and_then(|c| self.gated(region, &bytes, Some(c)));
+        self.metrics.gate_seconds(started.elapsed().as_secs_f64());
+        match result {
+            Ok(rules) => Ok(self.activate(region, entry, rules, bytes, Origin::Catalog)),
+            Err(refused) => Err(self.refuse(region, entry, Origin::Catalog, None, refused)),
+        }
+    }
+
+    /// Publishes the module store's file for `region` if its bytes differ
+    /// from the active module's (a write by the admin API or a rollback comes
+    /// back through the watcher unchanged and is skipped).
+    ///
+    /// # Errors
+    /// As [`Self::publish`].
+    pub fn reload_module(&self, region: &str) -> Result<Option<Arc<Active>>, Refused> {
+        let Some(path) = module_store::module_path(&self.modules, region) else {
+            return Ok(None);
+        };
+        let bytes = std::fs::read(&path).map_err(|e| Refused::Io(format!("reading {}: {e}", path.display())))?;
+        let digest = format!("sha256:{:x}", Sha256::digest(&bytes));
+        if self.enricher.active(region).is_some_and(|a| a.rules.module().info().digest == digest) {
+            return Ok(None);
+        }
+        self.publish(region, bytes, Origin::ModuleStore).map(Some)
+    }
+
+    /// Puts the previous version of `region` back, in one step, and writes it
+    /// to the module store. The replaced version becomes the previous one.
+    ///
+    /// # Errors
+    /// No previous version, or the module store cannot be written.
+    pub fn rollback(&self, region: &str) -> Result<Arc<Active>, Refused> {
+        let mut history = self.history.lock().expect("the roll-out lock is never held across a panic");
+        let Some(entry) = history.get_mut(region) else {
+            return Err(Refused::UnknownRegion(region.to_owned()));
+        };
+        let Some(previous) = entry.previous.take() else {
+            return Err(Refused::NothingToRollBack(region.to_owned()));
+        };
+        if let Err(e) = write_atomically(&self.modules.join(format!("{region}.wasm")), &previous.bytes) {
+            entry.previous = Some(previous);
+            return Err(e);
+        }
+        let rules = previous.active.rules.clone();
+        Ok(self.activate_shared(region, entry, Arc::new(Active::new(rules)), previous.bytes, Origin::Rollback))
+    }
+
+    /// Every region's active and previous module, last refusal and counts.
+    pub fn status(&self) -> Vec<RegionStatus> {
+        let history = self.history.lock().expect("the roll-out lock is never held across a panic");
+        self.enricher
+            .region_names()
+            .into_iter()
+            .map(|region| {
+                let entry = history.get(region);
+                let serving = self.enricher.serving(region);
+                let (active, unserved) = match serving.as_deref() {
+                    Some(Serving::Active(a)) => (Some(ModuleStatus::of(a)), None),
+                    Some(Serving::Unserved(why)) => (None, Some(why.clone())),
+                    None => (None, None),
+                };
+                let (offers, failures) = self.metrics.region_counts(region);
+                RegionStatus {
+                    region: region.to_owned(),
+                    active,
+                    unserved,
+                    previous: entry.and_then(|e| e.previous.as_ref()).map(|p| ModuleStatus::of(&p.active)),
+                    last_refusal: entry.and_then(|e| e.last_refusal.clone()),
+                    offers,
+                    failures,
+                }
+            })
+            .collect()
+    }
+
+    /// Gates `bytes` with `catalog`, or with the catalog the region is served
+    /// with now, and the cases file beside the module store's module.
+    fn gated(&self, region: &str, bytes: &[u8], catalog: Option<RegionCatalog>) -> Result<RegionRules, Refused> {
+        let catalog = match (catalog, self.enricher.active(region)) {
+            (Some(c), _) => Arc::new(c),
+            (None, Some(active)) => active.rules.catalog().clone(),
+            (None, None) => Arc::new(Catalogs::load_region_file(&self.catalogs.join(format!("{region}.toml")))?),
+        };
+        let cases_file = cases_path(&self.modules, region);
+        let cases = if cases_file.is_file() {
+            golden::load(std::slice::from_ref(&cases_file))
+                .map_err(|e| Refused::Cases { file: cases_file.clone(), reason: format!("{e:#}") })?
+        } else {
+            Vec::new()
+        };
+        gate(&self.engine, bytes, catalog, &cases)
+    }
+
+    fn activate(
+        &self,
+        region: &str,
+        entry: &mut History,
+        rules: RegionRules,
+        bytes: Arc<[u8]>,
+        origin: Origin,
+    ) -> Arc<Active> {
+        self.activate_shared(region, entry, Arc::new(Active::new(Arc::new(rules))), bytes, origin)
+    }
+
+    fn activate_shared(
+        &self,
+        region: &str,
+        entry: &mut History,
+        active: Arc<Active>,
+        bytes: Arc<[u8]>,
+        origin: Origin,
+    ) -> Arc<Active> {
+        let replaced = self.enricher.swap(region, active.clone());
+        let info = active.rules.module().info();
+        if let Serving::Active(old) = &*replaced {
+            self.metrics.module_active(region, old.rules.module().info(), false);
+            if let Some(old_bytes) = entry.current_bytes.take() {
+                entry.previous = Some(Version { active: old.clone(), bytes: old_bytes });
+            }
+        }
+        entry.current_bytes = Some(bytes);
+        self.metrics.module_active(region, info, true);
+        self.metrics.reload(region, true);
+        tracing::info!(region, ?origin, module = %info.name, version = %info.version, digest = %info.digest, "rules activated");
+        active
+    }
+
+    fn refuse(
+        &self,
+        region: &str,
+        entry: &mut History,
+        origin: Origin,
+        digest: Option<String>,
+        refused: Refused,
+    ) -> Refused {
+        let reason = refused.to_string();
+        tracing::warn!(region, ?origin, digest, %reason, "publication refused; the active rules keep serving");
+        self.metrics.reload(region, false);
+        entry.last_refusal = Some(Refusal { at: SystemTime::now().into(), origin, digest, reason });
+        refused
+    }
+}
+
+/// The golden cases a module store holds for `region`, gated on every publication.
+pub fn cases_path(modules: &Path, region: &str) -> PathBuf {
+    modules.join(format!("{region}.cases.json"))
+}
+
+/// Write to a temporary file beside `path`, fsync, rename: a reader (or the
+/// watcher) sees the old file or the whole new one, never a part.
+///
+/// # Errors
+/// Any I/O failure, naming the file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Refused> {
+    use std::io::Write;
+    let io = |e: std::io::Error| Refused::Io(format!("writing {}: {e}", path.display()));
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::with_prefix_in(".publishing-", dir).map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}

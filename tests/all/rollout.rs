@@ -1,0 +1,288 @@
+//! Hot swap of rule modules and catalogs in a running `offerd run`, under
+//! load from kinesis-local: publication through the admin API, `offerd
+//! publish`, the watched module store and catalog directory; refusals;
+//! rollback; authorisation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::stream::{DEADLINE, Kinesis, Seq, free_addr, metric_value, seq, streams, wait_for_metric};
+use super::{catalogs, store_with};
+
+const TOKEN: &str = "s3cret-admin-token";
+
+fn signup_at(user: &str, n: usize, country: &str, lat: f64, lon: f64) -> String {
+    format!(r#"{{"user_id": "{user}", "location": {{"country": "{country}", "lat": {lat}, "lon": {lon}}}, "n": {n}}}"#)
+}
+
+/// Berlin and New York: one europe and one north-america sign-up per user pair.
+fn round(n: usize) -> Vec<(String, String)> {
+    (0..4)
+        .flat_map(|u| {
+            [
+                (format!("de{u}"), signup_at(&format!("de{u}"), n, "DE", 52.52, 13.405)),
+                (format!("us{u}"), signup_at(&format!("us{u}"), n, "US", 40.71, -74.0)),
+            ]
+        })
+        .collect()
+}
+
+/// One HTTP/1.0 request: (status, body).
+fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(conn, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\n\r\n", body.len()).unwrap();
+    conn.write_all(body).unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+fn region_status(admin: &str, region: &str) -> Value {
+    let (status, body) = http(admin, "GET", "/v1/regions", Some(TOKEN), b"");
+    assert_eq!(status, 200, "{body}");
+    let all: Vec<Value> = serde_json::from_str(&body).unwrap();
+    all.into_iter().find(|r| r["region"] == region).unwrap_or_else(|| panic!("no {region} in {body}"))
+}
+
+fn digest_of(file: &Path) -> String {
+    use sha2::Digest;
+    format!("sha256:{:x}", sha2::Sha256::digest(std::fs::read(file).unwrap()))
+}
+
+fn offerd_cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_offerd-cli")).args(args).env("OFFERD_LOG", "warn").output().unwrap()
+}
+
+/// Waits until the admin API is up.
+fn wait_for_admin(admin: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(admin).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {admin}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Per shard, the digests of one region's outputs in input order, collapsed
+/// to runs: `[v1, v2]` is a single switch point.
+fn digest_runs(offers: &[Value], region: &str) -> BTreeMap<String, Vec<String>> {
+    let mut by_shard: BTreeMap<String, Vec<(Seq, String)>> = BTreeMap::new();
+    for o in offers.iter().filter(|o| o["region"] == region) {
+        let shard = o["source"]["shard_id"].as_str().unwrap().to_owned();
+        by_shard.entry(shard).or_default().push((seq(o), o["rule"]["digest"].as_str().unwrap().to_owned()));
+    }
+    by_shard
+        .into_iter()
+        .map(|(shard, mut outs)| {
+            outs.sort();
+            let mut runs: Vec<String> = Vec::new();
+            for (_, digest) in outs {
+                if runs.last() != Some(&digest) {
+                    runs.push(digest);
+                }
+            }
+            (shard, runs)
+        })
+        .collect()
+}
+
+/// Under continuous load, v2 of europe's module is published through `offerd
+/// publish --admin-url`: nothing is lost or repeated, every europe output is
+/// from v1 or v2 with one switch point per shard, north-america stays on v1.
+/// Broken publications are refused and visible; calls without the token are
+/// refused and change nothing; rollback restores v1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_under_load_switches_once_per_shard_and_refuses_broken_modules() {
+    let k = Kinesis::new().await;
+    let s = streams(&k, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with("reference");
+    let (admin, metrics) = (free_addr(), free_addr());
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let token_arg = token_file.to_str().unwrap();
+    let child = k.offerd_with(
+        &s,
+        &dir.path().join("checkpoints.json"),
+        store.path(),
+        &catalogs(),
+        &["--batch-size", "4", "--admin-addr", &admin, "--admin-token-file", token_arg, "--metrics-addr", &metrics],
+    );
+    let v1 = digest_of(&offerd_tests::component("reference"));
+    let v2_file = offerd_tests::component("misbehave");
+    let v2 = digest_of(&v2_file);
+    wait_for_admin(&admin);
+    assert_eq!(region_status(&admin, "europe")["active"]["digest"], v1);
+
+    // Load runs on its own task while modules are published.
+    let producer = {
+        let (client, input) = (k.clone(), s.input.clone());
+        tokio::spawn(async move {
+            for n in 0..30 {
+                client.put(&input, &round(n)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    k.wait_for(&s.output, &s.dlq, 40).await;
+
+    // Unauthorised: no token, a wrong token. Nothing changes.
+    let garbage = b"\0asm not really a component".to_vec();
+    assert_eq!(http(&admin, "GET", "/v1/regions", None, b"").0, 401);
+    let v2_bytes = std::fs::read(&v2_file).unwrap();
+    assert_eq!(http(&admin, "PUT", "/v1/regions/europe/module", Some("wrong"), &v2_bytes).0, 401);
+    assert_eq!(http(&admin, "POST", "/v1/regions/europe/rollback", None, b"").0, 401);
+    assert_eq!(region_status(&admin, "europe")["active"]["digest"], v1);
+
+    // Broken modules: refused with the reason, v1 keeps serving.
+    let (status, body) = http(&admin, "PUT", "/v1/regions/europe/module", Some(TOKEN), &garbage);
+    assert_eq!(status, 422, "{body}");
+    let europe = region_status(&admin, "europe");
+    assert_eq!(europe["active"]["digest"], v1);
+    assert_eq!(europe["last_refusal"]["origin"], "admin-api");
+    assert!(europe["last_refusal"]["reason"].as_str().unwrap().contains("not a WebAssembly component"), "{europe}");
+    let other_world = std::fs::read(offerd_tests::component("other-world")).unwrap();
+    let (status, body) = http(&admin, "PUT", "/v1/regions/europe/module", Some(TOKEN), &other_world);
+    assert_eq!(status, 422, "{body}");
+    assert!(region_status(&admin, "europe")["last_refusal"]["reason"].as_str().unwrap().contains("offers:rules"));
+    assert_eq!(http(&admin, "PUT", "/v1/regions/atlantis/module", Some(TOKEN), &v2_bytes).0, 404);
+
+    // v2 through the CLI: validated locally, then uploaded.
+    let out = offerd_cli(&[
+        "publish",
+        "--region",
+        "europe",
+        v2_file.to_str().unwrap(),
+        "--catalogs",
+        catalogs().to_str().unwrap(),
+        "--admin-url",
+        &format!("http://{admin}"),
+        "--admin-token-file",
+        token_arg,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(region_status(&admin, "europe")["active"]["digest"], v2);
+    assert_eq!(region_status(&admin, "europe")["previous"]["digest"], v1);
+    assert_eq!(region_status(&admin, "north-america")["active"]["digest"], v1);
+    assert_eq!(digest_of(&store.path().join("europe.wasm")), v2, "installed for restarts too");
+    producer.await.unwrap();
+
+    let (offers, dead) = k.wait_for(&s.output, &s.dlq, 240).await;
+    assert!(dead.is_empty(), "{dead:?}");
+    assert_eq!(offers.len(), 240, "every record once");
+    let mut seen: HashMap<(String, Seq), usize> = HashMap::new();
+    for o in &offers {
+        *seen.entry((o["source"]["shard_id"].as_str().unwrap().to_owned(), seq(o))).or_default() += 1;
+    }
+    assert!(seen.values().all(|n| *n == 1), "no record twice");
+    let europe_runs = digest_runs(&offers, "europe");
+    assert!(!europe_runs.is_empty());
+    for (shard, runs) in &europe_runs {
+        let allowed = [vec![v1.clone(), v2.clone()], vec![v1.clone()], vec![v2.clone()]];
+        assert!(allowed.contains(runs), "{shard}: {runs:?}");
+    }
+    assert!(europe_runs.values().any(|r| r.len() == 2), "the switch happened mid-stream: {europe_runs:?}");
+    for (shard, runs) in digest_runs(&offers, "north-america") {
+        assert_eq!(runs, vec![v1.clone()], "{shard}: another region was touched");
+    }
+    for o in offers.iter().filter(|o| o["rule"]["digest"] == v2) {
+        assert_eq!(o["rule"]["version"], "0.0.1");
+    }
+    wait_for_metric(&metrics, "offerd_reloads_total{region=\"europe\",result=\"refused\"} 2");
+    assert_eq!(metric_value(&metrics, "offerd_reloads_total{region=\"europe\",result=\"ok\"}"), 1.0);
+
+    // Rollback: one step back to v1, in the store too.
+    let out = offerd_cli(&[
+        "rollback",
+        "--region",
+        "europe",
+        "--admin-url",
+        &format!("http://{admin}"),
+        "--admin-token-file",
+        token_arg,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(region_status(&admin, "europe")["active"]["digest"], v1);
+    assert_eq!(digest_of(&store.path().join("europe.wasm")), v1);
+    k.put(&s.input, &round(99)).await;
+    let (offers, _) = k.wait_for(&s.output, &s.dlq, 248).await;
+    let newest_europe = offers.iter().filter(|o| o["region"] == "europe").max_by_key(|o| seq(o)).unwrap();
+    assert_eq!(newest_europe["rule"]["digest"], v1, "served by v1 again after the rollback");
+    child.stop();
+}
+
+/// The watched store and catalog directory: a module whose golden cases fail
+/// is refused (v1 keeps serving); a catalog change re-gates and applies to
+/// its region only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watched_store_refuses_failing_cases_and_applies_a_catalog_change_to_its_region() {
+    let k = Kinesis::new().await;
+    let s = streams(&k, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with("reference");
+    let catalog_dir = dir.path().join("catalogs");
+    std::fs::create_dir(&catalog_dir).unwrap();
+    for entry in std::fs::read_dir(catalogs()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            std::fs::copy(&path, catalog_dir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let (admin, metrics) = (free_addr(), free_addr());
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let child = k.offerd_with(
+        &s,
+        &dir.path().join("checkpoints.json"),
+        store.path(),
+        &catalog_dir,
+        &["--admin-addr", &admin, "--admin-token-file", token_file.to_str().unwrap(), "--metrics-addr", &metrics],
+    );
+    let v1 = digest_of(&offerd_tests::component("reference"));
+    wait_for_admin(&admin);
+    k.put(&s.input, &round(0)).await;
+    let (before, _) = k.wait_for(&s.output, &s.dlq, 8).await;
+
+    // A module failing europe's golden cases, written by rename into the store.
+    std::fs::copy(offerd_tests::repo("guest/cases/europe.json"), store.path().join("europe.cases.json")).unwrap();
+    let staged = store.path().join(".europe.wasm.tmp");
+    std::fs::copy(offerd_tests::component("misbehave"), &staged).unwrap();
+    std::fs::rename(&staged, store.path().join("europe.wasm")).unwrap();
+    wait_for_metric(&metrics, "offerd_reloads_total{region=\"europe\",result=\"refused\"} 1");
+    let europe = region_status(&admin, "europe");
+    assert_eq!(europe["active"]["digest"], v1, "v1 keeps serving");
+    assert_eq!(europe["last_refusal"]["origin"], "module-store");
+    assert!(europe["last_refusal"]["reason"].as_str().unwrap().contains("golden cases failed"), "{europe}");
+
+    // north-america now offers one plan at most; europe is untouched.
+    let file = catalog_dir.join("north-america.toml");
+    let text = std::fs::read_to_string(&file).unwrap().replace("max_offers = 5", "max_offers = 1");
+    let staged = catalog_dir.join(".north-america.toml.tmp");
+    std::fs::write(&staged, text).unwrap();
+    std::fs::rename(&staged, &file).unwrap();
+    wait_for_metric(&metrics, "offerd_reloads_total{region=\"north-america\",result=\"ok\"} 1");
+    assert_eq!(metric_value(&metrics, "offerd_reloads_total{region=\"europe\",result=\"ok\"}"), 0.0);
+    k.put(&s.input, &round(1)).await;
+    let (after, dead) = k.wait_for(&s.output, &s.dlq, 16).await;
+    child.stop();
+    assert!(dead.is_empty(), "{dead:?}");
+    let offers_of = |outs: &[Value], region: &str, n: u64| -> Vec<usize> {
+        outs.iter()
+            .filter(|o| o["region"] == region && o["source"]["sequence_number"].is_string())
+            .filter(|o| before.iter().any(|b| b["source"] == o["source"]) == (n == 0))
+            .map(|o| o["offers"].as_array().unwrap().len())
+            .collect()
+    };
+    let (us_before, us_after) = (offers_of(&before, "north-america", 0), offers_of(&after, "north-america", 1));
+    let (de_before, de_after) = (offers_of(&before, "europe", 0), offers_of(&after, "europe", 1));
+    assert!(us_before.iter().all(|n| *n > 1), "{us_before:?}");
+    assert!(us_after.len() == 4 && us_after.iter().all(|n| *n == 1), "{us_after:?}");
+    assert_eq!(de_before, de_after, "europe's offers did not change");
+}
