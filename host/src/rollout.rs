@@ -235,6 +235,12 @@ impl Rollout {
         let Some(entry) = history.get_mut(region) else {
             return Err(Refused::UnknownRegion(region.to_owned()));
         };
+        let digest = format!("sha256:{:x}", Sha256::digest(&bytes));
+        // Publishing what already serves is a no-op (the watcher also sees
+        // the store writes of the API and of rollbacks).
+        if let Some(active) = self.enricher.active(region).filter(|a| a.rules.module().info().digest == digest) {
+            return Ok(active);
+        }
         let bytes: Arc<[u8]> = bytes.into();
         let result = self.gated(region, &bytes, None).and_then(|rules| {
             if origin == Origin::AdminApi {
@@ -245,10 +251,7 @@ impl Rollout {
         self.metrics.gate_seconds(started.elapsed().as_secs_f64());
         match result {
             Ok(rules) => Ok(self.activate(region, entry, rules, bytes, origin)),
-            Err(refused) => {
-                let digest = Some(format!("sha256:{:x}", Sha256::digest(&bytes)));
-                Err(self.refuse(region, entry, origin, digest, refused))
-            }
+            Err(refused) => Err(self.refuse(region, entry, origin, Some(digest), refused)),
         }
     }
 
@@ -274,22 +277,15 @@ impl Rollout {
         }
     }
 
-    /// Publishes the module store's file for `region` if its bytes differ
-    /// from the active module's (a write by the admin API or a rollback comes
-    /// back through the watcher unchanged and is skipped).
+    /// Publishes the module store's file for `region`.
     ///
     /// # Errors
     /// As [`Self::publish`].
-    pub fn reload_module(&self, region: &str) -> Result<Option<Arc<Active>>, Refused> {
-        let Some(path) = module_store::module_path(&self.modules, region) else {
-            return Ok(None);
-        };
+    pub fn reload_module(&self, region: &str) -> Result<Arc<Active>, Refused> {
+        let path = module_store::module_path(&self.modules, region)
+            .ok_or_else(|| Refused::Io(format!("no module for {region} in {}", self.modules.display())))?;
         let bytes = std::fs::read(&path).map_err(|e| Refused::Io(format!("reading {}: {e}", path.display())))?;
-        let digest = format!("sha256:{:x}", Sha256::digest(&bytes));
-        if self.enricher.active(region).is_some_and(|a| a.rules.module().info().digest == digest) {
-            return Ok(None);
-        }
-        self.publish(region, bytes, Origin::ModuleStore).map(Some)
+        self.publish(region, bytes, Origin::ModuleStore)
     }
 
     /// Puts the previous version of `region` back, in one step, and writes it

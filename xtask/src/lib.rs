@@ -33,12 +33,26 @@ pub fn build_component(package: &str) -> Result<Vec<u8>> {
 /// # Errors
 /// As [`build_component`].
 pub fn build_component_as(package: &str, version: Option<&str>) -> Result<Vec<u8>> {
+    build(package, version, "guest")
+}
+
+/// As [`build_component`], but without optimisation (the dev profile): a
+/// several times larger module with much more code, for measuring compile
+/// time on modules of production size.
+///
+/// # Errors
+/// As [`build_component`].
+pub fn build_component_unoptimised(package: &str) -> Result<Vec<u8>> {
+    build(package, None, "dev")
+}
+
+fn build(package: &str, version: Option<&str>, profile: &str) -> Result<Vec<u8>> {
     let root = workspace_root();
     let target_dir = root.join("target").join("guests");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
-        .args(["build", "--quiet", "--package", package, "--target", GUEST_TARGET, "--profile", "guest"])
+        .args(["build", "--quiet", "--package", package, "--target", GUEST_TARGET, "--profile", profile])
         .arg("--target-dir")
         .arg(&target_dir);
     // Flags meant for the outer (native) build must not leak into the guest's.
@@ -57,7 +71,9 @@ pub fn build_component_as(package: &str, version: Option<&str>) -> Result<Vec<u8
             "building {package} for {GUEST_TARGET} failed ({status}); is the target installed? `rustup target add {GUEST_TARGET}`"
         );
     }
-    let core_path = target_dir.join(GUEST_TARGET).join("guest").join(format!("{}.wasm", package.replace('-', "_")));
+    // Cargo names the dev profile's directory `debug`.
+    let profile_dir = if profile == "dev" { "debug" } else { profile };
+    let core_path = target_dir.join(GUEST_TARGET).join(profile_dir).join(format!("{}.wasm", package.replace('-', "_")));
     let core = std::fs::read(&core_path).with_context(|| format!("reading {}", core_path.display()))?;
     componentize(&core).with_context(|| format!("making a component of {}", core_path.display()))
 }

@@ -79,7 +79,9 @@ fn changes_of(event: &notify::Event, modules: &Path, catalogs: &Path) -> Vec<Cha
 fn change_of(path: &Path, modules: &Path, catalogs: &Path) -> Option<Change> {
     let name = path.file_name()?.to_str()?;
     let dir: PathBuf = path.parent()?.to_owned();
-    let same = |a: &Path, b: &Path| a == b || a.canonicalize().ok() == b.canonicalize().ok();
+    let same = |a: &Path, b: &Path| {
+        a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+    };
     if let Some(region) = name.strip_suffix(".wasm")
         && same(&dir, modules)
     {
@@ -112,5 +114,25 @@ fn apply(rollout: &Rollout, change: &Change) {
             Change::Module(_) => rollout.reload_module(&region).map(drop),
             Change::Catalog(_) => rollout.reload_catalog(&region).map(drop),
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_region_modules_and_catalogs_are_changes() {
+        let (modules, catalogs) = (Path::new("/srv/modules"), Path::new("/srv/catalogs"));
+        let change = |p: &str| change_of(Path::new(p), modules, catalogs);
+        assert_eq!(change("/srv/modules/europe.wasm"), Some(Change::Module("europe".into())));
+        assert_eq!(change("/srv/modules/default.wasm"), Some(Change::Module("default".into())));
+        assert_eq!(change("/srv/catalogs/north-america.toml"), Some(Change::Catalog("north-america".into())));
+        // Temporary files of an atomic write, cases, routing, other directories.
+        assert_eq!(change("/srv/modules/.publishing-x1y2"), None);
+        assert_eq!(change("/srv/modules/europe.cases.json"), None);
+        assert_eq!(change("/srv/catalogs/regions.toml"), None);
+        assert_eq!(change("/srv/catalogs/europe.wasm"), None);
+        assert_eq!(change("/srv/modules/europe.toml"), None);
     }
 }
