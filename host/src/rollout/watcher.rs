@@ -79,9 +79,7 @@ fn changes_of(event: &notify::Event, modules: &Path, catalogs: &Path) -> Vec<Cha
 fn change_of(path: &Path, modules: &Path, catalogs: &Path) -> Option<Change> {
     let name = path.file_name()?.to_str()?;
     let dir: PathBuf = path.parent()?.to_owned();
-    let same = |a: &Path, b: &Path| {
-        a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
-    };
+    let same = |a: &Path, b: &Path| a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y);
     if let Some(region) = name.strip_suffix(".wasm")
         && same(&dir, modules)
     {
