@@ -219,8 +219,8 @@ async fn publish_under_load_switches_once_per_shard_and_refuses_broken_modules()
 }
 
 /// The watched store and catalog directory: a module whose golden cases fail
-/// is refused (v1 keeps serving); a catalog change re-gates and applies to
-/// its region only.
+/// is refused (v1 keeps serving), as is one whose init traps (through the
+/// API); a catalog change re-gates and applies to its region only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watched_store_refuses_failing_cases_and_applies_a_catalog_change_to_its_region() {
     let k = Kinesis::new().await;
@@ -235,6 +235,15 @@ async fn watched_store_refuses_failing_cases_and_applies_a_catalog_change_to_its
             std::fs::copy(&path, catalog_dir.join(path.file_name().unwrap())).unwrap();
         }
     }
+    // South America renamed `poisoned`: the misbehaving module's init traps there.
+    let rename = |file: &str, from: &str, to: &str| {
+        let text = std::fs::read_to_string(catalog_dir.join(file)).unwrap();
+        assert!(text.contains(from));
+        std::fs::write(catalog_dir.join(file), text.replace(from, to)).unwrap();
+    };
+    rename("regions.toml", "[regions.south-america]", "[regions.poisoned]");
+    rename("south-america.toml", "region = \"south-america\"", "region = \"poisoned\"");
+    std::fs::rename(catalog_dir.join("south-america.toml"), catalog_dir.join("poisoned.toml")).unwrap();
     let (admin, metrics) = (free_addr(), free_addr());
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
@@ -260,6 +269,14 @@ async fn watched_store_refuses_failing_cases_and_applies_a_catalog_change_to_its
     assert_eq!(europe["active"]["digest"], v1, "v1 keeps serving");
     assert_eq!(europe["last_refusal"]["origin"], "module-store");
     assert!(europe["last_refusal"]["reason"].as_str().unwrap().contains("golden cases failed"), "{europe}");
+
+    // A module whose init traps on the region's catalog, through the API.
+    let misbehave = std::fs::read(offerd_tests::component("misbehave")).unwrap();
+    let (status, body) = http(&admin, "PUT", "/v1/regions/poisoned/module", Some(TOKEN), &misbehave);
+    assert_eq!(status, 422, "{body}");
+    let poisoned = region_status(&admin, "poisoned");
+    assert_eq!(poisoned["active"]["digest"], v1, "v1 keeps serving");
+    assert!(poisoned["last_refusal"]["reason"].as_str().unwrap().contains("failed in init"), "{poisoned}");
 
     // north-america now offers one plan at most; europe is untouched.
     let file = catalog_dir.join("north-america.toml");
