@@ -28,6 +28,8 @@ pub struct Options {
     pub seconds: u64,
     /// Sign-ups in the backlog phase.
     pub burst: usize,
+    /// offerd's `--batch-window-ms`.
+    pub batch_window_ms: u64,
 }
 
 pub fn run(options: &Options) -> Result<()> {
@@ -59,7 +61,16 @@ pub fn run(options: &Options) -> Result<()> {
         let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
         let checkpoints = work.join("checkpoints.json");
         let _ = std::fs::remove_file(&checkpoints);
-        let offerd = demo::spawn_offerd(&root, &streams, &modules, &checkpoints, &metrics, &aws_env, &[])?;
+        let window = options.batch_window_ms.to_string();
+        let offerd = demo::spawn_offerd(
+            &root,
+            &streams,
+            &modules,
+            &checkpoints,
+            &metrics,
+            &aws_env,
+            &["--batch-window-ms", &window],
+        )?;
         let pid = offerd.id();
         let result = phases(&client, &streams, &root, options, &metrics, pid).await;
         demo::stop(offerd)?;

@@ -49,6 +49,9 @@ enum Chore {
         /// Sign-ups in the backlog phase.
         #[arg(long, default_value_t = 5000)]
         burst: usize,
+        /// Passed to `offerd run`: how long a shard gathers records into one batch.
+        #[arg(long, default_value_t = 0)]
+        batch_window_ms: u64,
     },
     /// The whole test suite, as CI runs it: format, lints, every test.
     Test,
@@ -66,8 +69,8 @@ fn main() -> Result<()> {
         }
         Chore::Catalogs => catalogs::generate(&xtask::workspace_root().join("catalogs")),
         Chore::Demo { signups, rate } => demo::run(&demo::Options { signups, rate }),
-        Chore::BenchStream { rate, seconds, burst } => {
-            bench_stream::run(&bench_stream::Options { rate, seconds, burst })
+        Chore::BenchStream { rate, seconds, burst, batch_window_ms } => {
+            bench_stream::run(&bench_stream::Options { rate, seconds, burst, batch_window_ms })
         }
         Chore::Test => test(),
     }
