@@ -42,10 +42,8 @@ pub async fn serve(
     addr: SocketAddr,
     token: String,
     rollout: Arc<Rollout>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --admin-addr {addr}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving the admin API");
     let state = Admin { rollout, token: token.into() };
     let app = Router::new()
         .route("/v1/regions", get(regions))
@@ -54,14 +52,7 @@ pub async fn serve(
         .layer(DefaultBodyLimit::max(MAX_MODULE_BYTES))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state);
-    Ok(tokio::spawn(async move {
-        let stop = async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
-            tracing::error!(error = %e, "admin API failed");
-        }
-    }))
+    crate::http_server::spawn(addr, "--admin-addr", "the admin API", app, shutdown).await
 }
 
 /// Reads the bearer token from `path`: one line, surrounding whitespace ignored.

@@ -14,6 +14,7 @@
 //! - [`metrics`]: Prometheus metrics and health endpoints of `offerd run`.
 //! - [`rollout`]: gated hot swap of a region's rules, rollback, the store watcher.
 //! - [`admin`]: the admin HTTP API of `offerd run`.
+//! - `http_server`: binding and serving either HTTP endpoint until shutdown.
 //! - [`cli`]: the `offerd` command line.
 
 pub mod admin;
@@ -23,6 +24,7 @@ pub mod config_file;
 pub mod engine;
 pub mod enricher;
 pub mod golden;
+mod http_server;
 pub mod metrics;
 pub mod module_store;
 pub mod record;

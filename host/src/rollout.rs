@@ -14,11 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::catalog::{Catalogs, RegionCatalog};
 use crate::config_file::ConfigError;
-use crate::engine::{Engine, FailureKind, ModuleError, RegionRules, RuleModule};
+use crate::engine::{Engine, FailureKind, ModuleError, RegionRules, RuleModule, digest};
 use crate::enricher::{Active, Enricher, Serving};
 use crate::golden::{self, Case};
 use crate::metrics::Metrics;
@@ -235,7 +234,7 @@ impl Rollout {
         let Some(entry) = history.get_mut(region) else {
             return Err(Refused::UnknownRegion(region.to_owned()));
         };
-        let digest = format!("sha256:{:x}", Sha256::digest(&bytes));
+        let digest = digest(&bytes);
         // Publishing what already serves is a no-op (the watcher also sees
         // the store writes of the API and of rollbacks).
         if let Some(active) = self.enricher.active(region).filter(|a| a.rules.module().info().digest == digest) {
@@ -250,7 +249,7 @@ impl Rollout {
         });
         self.metrics.gate_seconds(started.elapsed().as_secs_f64());
         match result {
-            Ok(rules) => Ok(self.activate(region, entry, rules, bytes, origin)),
+            Ok(rules) => Ok(self.activate(region, entry, Arc::new(Active::new(Arc::new(rules))), bytes, origin)),
             Err(refused) => Err(self.refuse(region, entry, origin, Some(digest), refused)),
         }
     }
@@ -272,7 +271,9 @@ impl Rollout {
         let result = catalog.map_err(Refused::from).and_then(|c| self.gated(region, &bytes, Some(c)));
         self.metrics.gate_seconds(started.elapsed().as_secs_f64());
         match result {
-            Ok(rules) => Ok(self.activate(region, entry, rules, bytes, Origin::Catalog)),
+            Ok(rules) => {
+                Ok(self.activate(region, entry, Arc::new(Active::new(Arc::new(rules))), bytes, Origin::Catalog))
+            }
             Err(refused) => Err(self.refuse(region, entry, Origin::Catalog, None, refused)),
         }
     }
@@ -306,7 +307,7 @@ impl Rollout {
             return Err(e);
         }
         let rules = previous.active.rules.clone();
-        Ok(self.activate_shared(region, entry, Arc::new(Active::new(rules)), previous.bytes, Origin::Rollback))
+        Ok(self.activate(region, entry, Arc::new(Active::new(rules)), previous.bytes, Origin::Rollback))
     }
 
     /// Every region's active and previous module, last refusal and counts.
@@ -356,17 +357,6 @@ impl Rollout {
     }
 
     fn activate(
-        &self,
-        region: &str,
-        entry: &mut History,
-        rules: RegionRules,
-        bytes: Arc<[u8]>,
-        origin: Origin,
-    ) -> Arc<Active> {
-        self.activate_shared(region, entry, Arc::new(Active::new(Arc::new(rules))), bytes, origin)
-    }
-
-    fn activate_shared(
         &self,
         region: &str,
         entry: &mut History,

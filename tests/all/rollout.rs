@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::stream::{DEADLINE, Kinesis, Seq, free_addr, metric_value, seq, streams, wait_for_metric};
+use super::stream::{DEADLINE, Kinesis, Seq, free_addr, http, metric_value, seq, streams, wait_for_metric};
 use super::{catalogs, store_with};
 
 const TOKEN: &str = "s3cret-admin-token";
@@ -29,20 +29,6 @@ fn round(n: usize) -> Vec<(String, String)> {
             ]
         })
         .collect()
-}
-
-/// One HTTP/1.0 request: (status, body).
-fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(conn, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\n\r\n", body.len()).unwrap();
-    conn.write_all(body).unwrap();
-    let mut response = String::new();
-    conn.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
 }
 
 fn region_status(admin: &str, region: &str) -> Value {
@@ -108,6 +94,8 @@ async fn publish_under_load_switches_once_per_shard_and_refuses_broken_modules()
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let token_arg = token_file.to_str().unwrap();
+    let admin_url = format!("http://{admin}");
+    let admin_args = ["--admin-url", admin_url.as_str(), "--admin-token-file", token_arg];
     let child = k.offerd_with(
         &s,
         &dir.path().join("checkpoints.json"),
@@ -155,18 +143,10 @@ async fn publish_under_load_switches_once_per_shard_and_refuses_broken_modules()
     assert_eq!(http(&admin, "PUT", "/v1/regions/atlantis/module", Some(TOKEN), &v2_bytes).0, 404);
 
     // v2 through the CLI: validated locally, then uploaded.
-    let out = offerd_cli(&[
-        "publish",
-        "--region",
-        "europe",
-        v2_file.to_str().unwrap(),
-        "--catalogs",
-        catalogs().to_str().unwrap(),
-        "--admin-url",
-        &format!("http://{admin}"),
-        "--admin-token-file",
-        token_arg,
-    ]);
+    let catalog_dir = catalogs();
+    let publish =
+        ["publish", "--region", "europe", v2_file.to_str().unwrap(), "--catalogs", catalog_dir.to_str().unwrap()];
+    let out = offerd_cli(&[&publish[..], &admin_args].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(region_status(&admin, "europe")["active"]["digest"], v2);
     assert_eq!(region_status(&admin, "europe")["previous"]["digest"], v1);
@@ -199,15 +179,7 @@ async fn publish_under_load_switches_once_per_shard_and_refuses_broken_modules()
     assert_eq!(metric_value(&metrics, "offerd_reloads_total{region=\"europe\",result=\"ok\"}"), 1.0);
 
     // Rollback: one step back to v1, in the store too.
-    let out = offerd_cli(&[
-        "rollback",
-        "--region",
-        "europe",
-        "--admin-url",
-        &format!("http://{admin}"),
-        "--admin-token-file",
-        token_arg,
-    ]);
+    let out = offerd_cli(&[&["rollback", "--region", "europe"][..], &admin_args].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(region_status(&admin, "europe")["active"]["digest"], v1);
     assert_eq!(digest_of(&store.path().join("europe.wasm")), v1);

@@ -212,9 +212,16 @@ pub(super) fn free_addr() -> String {
 
 /// A plain HTTP/1.0 GET: (status, body).
 pub(super) fn http_get(addr: &str, path: &str) -> (u16, String) {
+    http(addr, "GET", path, None, b"")
+}
+
+/// One HTTP/1.0 request, with a bearer token if given: (status, body).
+pub(super) fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(conn, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\n\r\n", body.len()).unwrap();
+    conn.write_all(body).unwrap();
     let mut response = String::new();
     conn.read_to_string(&mut response).unwrap();
     let status = response[9..12].parse().unwrap();
@@ -365,6 +372,34 @@ fn rounds_by_user(offers: &[Value], landed: &HashMap<(String, Seq), usize>) -> B
 }
 
 /// The shard whose hash range starts at `start`.
+/// Puts one round: one sign-up for each of `users` keys, in one call, and
+/// records where each landed.
+async fn put_round(k: &Kinesis, stream: &str, users: usize, round: usize, landed: &mut HashMap<(String, Seq), usize>) {
+    let batch: Vec<(String, String)> = (0..users).map(|u| (format!("u{u}"), signup(&format!("u{u}"), round))).collect();
+    for source in k.put(stream, &batch).await {
+        landed.insert(source, round);
+    }
+}
+
+/// Splits the shard whose hash range starts at 0 into two halves and waits
+/// until the stream is active: (parent, first key of the upper half, last key
+/// of the parent).
+async fn split_first_shard(k: &Kinesis, stream: &str) -> (String, u128, u128) {
+    let (first, start, end) = shard_starting_at(k, stream, "0").await;
+    let (start, end): (u128, u128) = (start.parse().unwrap(), end.parse().unwrap());
+    let mid = (start + end) / 2;
+    k.client
+        .split_shard()
+        .stream_name(stream)
+        .shard_to_split(&first)
+        .new_starting_hash_key(mid.to_string())
+        .send()
+        .await
+        .unwrap();
+    k.wait_active(stream).await;
+    (first, mid, end)
+}
+
 async fn shard_starting_at(k: &Kinesis, stream: &str, start: &str) -> (String, String, String) {
     let shards = k.client.list_shards().stream_name(stream).send().await.unwrap();
     let s = shards.shards().iter().find(|s| s.hash_key_range().unwrap().starting_hash_key() == start).unwrap();
@@ -384,34 +419,16 @@ async fn split_and_merge_mid_stream_keep_per_key_order() {
     let checkpoints = dir.path().join("checkpoints.json");
     let child = k.offerd(&s, &checkpoints, store.path(), &["--batch-size", "7"]);
     let mut landed: HashMap<(String, Seq), usize> = HashMap::new();
-    let mut put_round = async |round: usize| {
-        let batch: Vec<(String, String)> =
-            (0..12).map(|u| (format!("u{u}"), signup(&format!("u{u}"), round))).collect();
-        for source in k.put(&s.input, &batch).await {
-            landed.insert(source, round);
-        }
-    };
     for round in 0..3 {
-        put_round(round).await;
+        put_round(&k, &s.input, 12, round, &mut landed).await;
     }
-    // Split the first shard in two halves.
-    let (first, start, end) = shard_starting_at(&k, &s.input, "0").await;
-    let mid = (start.parse::<u128>().unwrap() + end.parse::<u128>().unwrap()) / 2;
-    k.client
-        .split_shard()
-        .stream_name(&s.input)
-        .shard_to_split(&first)
-        .new_starting_hash_key(mid.to_string())
-        .send()
-        .await
-        .unwrap();
-    k.wait_active(&s.input).await;
+    let (first, mid, end) = split_first_shard(&k, &s.input).await;
     for round in 3..6 {
-        put_round(round).await;
+        put_round(&k, &s.input, 12, round, &mut landed).await;
     }
     // Merge the upper half with the second original shard.
     let (upper, ..) = shard_starting_at(&k, &s.input, &mid.to_string()).await;
-    let (second, ..) = shard_starting_at(&k, &s.input, &(end.parse::<u128>().unwrap() + 1).to_string()).await;
+    let (second, ..) = shard_starting_at(&k, &s.input, &(end + 1).to_string()).await;
     k.client
         .merge_shards()
         .stream_name(&s.input)
@@ -422,7 +439,7 @@ async fn split_and_merge_mid_stream_keep_per_key_order() {
         .unwrap();
     k.wait_active(&s.input).await;
     for round in 6..9 {
-        put_round(round).await;
+        put_round(&k, &s.input, 12, round, &mut landed).await;
     }
     let (offers, dead) = k.wait_for(&s.output, &s.dlq, 108).await;
     child.stop();
@@ -575,17 +592,11 @@ async fn enhanced_fan_out_resubscribes_and_follows_a_split() {
     let efo = ["--consumer-name", "offers-app", "--resubscribe-after-secs", "2", "--metrics-addr", &addr];
     let child = k.offerd(&s, &checkpoints, store.path(), &efo);
     let mut landed: HashMap<(String, Seq), usize> = HashMap::new();
-    let put_round = async |round: usize, landed: &mut HashMap<(String, Seq), usize>| {
-        let batch: Vec<(String, String)> = (0..8).map(|u| (format!("u{u}"), signup(&format!("u{u}"), round))).collect();
-        for source in k.put(&s.input, &batch).await {
-            landed.insert(source, round);
-        }
-    };
     for round in 0..3 {
-        put_round(round, &mut landed).await;
+        put_round(&k, &s.input, 8, round, &mut landed).await;
     }
     k.wait_for(&s.output, &s.dlq, 24).await;
-    let (first, start, end) = shard_starting_at(&k, &s.input, "0").await;
+    let (first, ..) = shard_starting_at(&k, &s.input, "0").await;
     // Every shard re-subscribed at least twice, resuming where it left off.
     let deadline = Instant::now() + DEADLINE;
     let series = format!("offerd_fan_out_subscriptions_total{{shard_id=\"{first}\"}}");
@@ -594,20 +605,11 @@ async fn enhanced_fan_out_resubscribes_and_follows_a_split() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for round in 3..5 {
-        put_round(round, &mut landed).await;
+        put_round(&k, &s.input, 8, round, &mut landed).await;
     }
-    let mid = (start.parse::<u128>().unwrap() + end.parse::<u128>().unwrap()) / 2;
-    k.client
-        .split_shard()
-        .stream_name(&s.input)
-        .shard_to_split(&first)
-        .new_starting_hash_key(mid.to_string())
-        .send()
-        .await
-        .unwrap();
-    k.wait_active(&s.input).await;
+    split_first_shard(&k, &s.input).await;
     for round in 5..8 {
-        put_round(round, &mut landed).await;
+        put_round(&k, &s.input, 8, round, &mut landed).await;
     }
     let (offers, dead) = k.wait_for(&s.output, &s.dlq, 64).await;
     child.stop();
@@ -622,7 +624,7 @@ async fn enhanced_fan_out_resubscribes_and_follows_a_split() {
     assert_eq!(saved["shards"][first.as_str()], "SHARD_END");
 
     // A restart subscribes after the checkpoints: nothing is repeated.
-    put_round(8, &mut landed).await;
+    put_round(&k, &s.input, 8, 8, &mut landed).await;
     let child = k.offerd(&s, &checkpoints, store.path(), &efo);
     let (offers, _) = k.wait_for(&s.output, &s.dlq, 72).await;
     child.stop();

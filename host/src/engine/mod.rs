@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use limits::Limits;
-pub use module::{ModuleError, ModuleInfo, RuleModule};
+pub use module::{ModuleError, ModuleInfo, RuleModule, digest};
 pub use region::{Failure, FailureKind, Offer, RegionRules};
 
 wasmtime::component::bindgen!({ path: "../wit", world: "offer-rules" });

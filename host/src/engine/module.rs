@@ -47,6 +47,12 @@ pub struct RuleModule {
     info: ModuleInfo,
 }
 
+/// `sha256:<hex>` of a component's bytes: [`ModuleInfo::digest`], computable
+/// without compiling.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(bytes))
+}
+
 impl RuleModule {
     /// Compiles and checks a component: no imports, exports exactly the
     /// contract's interface and version, metadata with a semver version.
@@ -54,7 +60,7 @@ impl RuleModule {
     /// # Errors
     /// A [`ModuleError`] naming what was found instead.
     pub fn load(engine: &Engine, bytes: &[u8]) -> Result<Self, ModuleError> {
-        let digest = format!("sha256:{:x}", Sha256::digest(bytes));
+        let digest = digest(bytes);
         let component =
             Component::new(&engine.inner, bytes).map_err(|e| ModuleError::NotAComponent(format!("{e:#}")))?;
         let ty = component.component_type();
