@@ -108,7 +108,12 @@ fn prepare_all(records: &[Record], batch: usize, enricher: &Enricher) -> Duratio
     let start = Instant::now();
     let mut produced = 0;
     for chunk in records.chunks(batch) {
-        let prepared = std::hint::black_box(offerd::stream::prepare(enricher, "shardId-000000000000", chunk));
+        let prepared = std::hint::black_box(offerd::stream::prepare(
+            enricher,
+            "shardId-000000000000",
+            chunk,
+            offerd::stream::kpl::DEFAULT_MAX_RECORDS,
+        ));
         produced += prepared.offers.len() + prepared.dead_letters.len();
     }
     let took = start.elapsed();

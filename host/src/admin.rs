@@ -25,9 +25,6 @@ use tokio::sync::watch;
 
 use crate::rollout::{Origin, Refused, Rollout};
 
-/// Largest module accepted, well above the 2 MB modules are sized for.
-const MAX_MODULE_BYTES: usize = 32 << 20;
-
 #[derive(Clone)]
 struct Admin {
     rollout: Arc<Rollout>,
@@ -44,12 +41,14 @@ pub async fn serve(
     rollout: Arc<Rollout>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    // A larger body is refused before it is read; the gate says why.
+    let max_body = rollout.max_module_bytes() + 1;
     let state = Admin { rollout, token: token.into() };
     let app = Router::new()
         .route("/v1/regions", get(regions))
         .route("/v1/regions/{region}/module", put(publish))
         .route("/v1/regions/{region}/rollback", post(rollback))
-        .layer(DefaultBodyLimit::max(MAX_MODULE_BYTES))
+        .layer(DefaultBodyLimit::max(max_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state);
     crate::http_server::spawn(addr, "--admin-addr", "the admin API", app, shutdown).await

@@ -44,7 +44,7 @@ enum Command {
     /// Run golden cases against a module and a region's catalog.
     Test(TestArgs),
     /// Consume a Kinesis stream of sign-ups until SIGINT/SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Validate a module for a region (contract, init with the catalog, golden
     /// cases, smoke batch), then install it into a module store or a running offerd.
     Publish(publish::PublishArgs),
@@ -72,6 +72,13 @@ struct LimitArgs {
     /// Most linear memory a module instance may hold.
     #[arg(long, value_name = "MIB", default_value_t = Limits::default().memory_bytes >> 20)]
     memory_limit_mib: usize,
+    /// Longest one region's share of a batch may take, retries of failing
+    /// records included; records not served by then fail as module-timeout.
+    #[arg(long, value_name = "MS", default_value_t = Limits::default().batch_budget.as_millis() as u64)]
+    batch_budget_ms: u64,
+    /// Largest module accepted.
+    #[arg(long, value_name = "MIB", default_value_t = Limits::default().max_module_bytes >> 20)]
+    max_module_mib: usize,
 }
 
 impl LimitArgs {
@@ -79,6 +86,8 @@ impl LimitArgs {
         Engine::new(Limits {
             call_timeout: Duration::from_millis(self.call_timeout_ms),
             memory_bytes: self.memory_limit_mib << 20,
+            batch_budget: Duration::from_millis(self.batch_budget_ms),
+            max_module_bytes: self.max_module_mib << 20,
         })
     }
 }
@@ -133,7 +142,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Enrich(args) => enrich(&args),
         Command::Test(args) => test(&args),
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Publish(args) => publish::publish(&args),
         Command::Rollback(args) => publish::rollback(&args),
     };
@@ -245,16 +254,17 @@ fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let settings = args.settings.resolve(args.config.as_deref())?;
+    // First: a second offerd on the same checkpoints stops before compiling anything.
+    let store: Arc<dyn CheckpointStore> = Arc::new(
+        FileCheckpoints::open(&settings.checkpoints, &settings.stream.input_stream)
+            .with_context(|| format!("opening checkpoints {}", settings.checkpoints.display()))?,
+    );
     let catalogs = Arc::new(Catalogs::load(&settings.catalogs)?);
     let engine = args.limits.engine()?;
     let enricher =
         Arc::new(Enricher::new(catalogs.clone(), module_store::load(&engine, &settings.modules, &catalogs)?));
     let admin_token = settings.admin_token_file.as_deref().map(admin::read_token).transpose()?;
-    let store: Arc<dyn CheckpointStore> = Arc::new(
-        FileCheckpoints::open(&settings.checkpoints, &settings.stream.input_stream)
-            .with_context(|| format!("opening checkpoints {}", settings.checkpoints.display()))?,
-    );
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(settings.stall_after));
     let rollout =
         Arc::new(Rollout::new(engine, &settings.modules, &settings.catalogs, enricher.clone(), metrics.clone()));
     let _watcher = rollout::watcher::start(rollout.clone())?;

@@ -19,9 +19,20 @@ pub(crate) fn error(file: &Path, key: impl Into<String>, reason: impl Into<Strin
     ConfigError { file: file.to_path_buf(), key: key.into(), reason: reason.into() }
 }
 
+/// Largest file read. The largest stock catalog is about 100 KiB; a file
+/// hundreds of times that is a mistake, not a catalog.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
 /// Parses a TOML file, reporting the dotted path of the key that failed.
 pub(crate) fn parse<T: for<'de> Deserialize<'de>>(file: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|e| error(file, "-", format!("cannot read: {e}")))?;
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text))
+        .map_err(|e| error(file, "-", format!("cannot read: {e}")))?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(error(file, "-", format!("larger than {MAX_FILE_BYTES} bytes")));
+    }
     let at_line = |e: &toml::de::Error| {
         let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
         line.map(|l| format!(" (line {l})")).unwrap_or_default()

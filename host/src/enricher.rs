@@ -203,6 +203,7 @@ impl Enricher {
                             FailureKind::Trap => Reason::ModuleTrap,
                             FailureKind::Timeout => Reason::ModuleTimeout,
                             FailureKind::Memory => Reason::ModuleMemory,
+                            FailureKind::BadResult => Reason::ModuleBadResult,
                         };
                         dead(reason, &failure.detail, Some(RuleRef::from(info)), inputs[i])
                     }

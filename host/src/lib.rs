@@ -14,10 +14,12 @@
 //! - [`metrics`]: Prometheus metrics and health endpoints of `offerd run`.
 //! - [`rollout`]: gated hot swap of a region's rules, rollback, the store watcher.
 //! - [`admin`]: the admin HTTP API of `offerd run`.
+//! - `atomic_file`: crash-safe file replacement (checkpoints, module store).
 //! - `http_server`: binding and serving either HTTP endpoint until shutdown.
 //! - [`cli`]: the `offerd` command line.
 
 pub mod admin;
+mod atomic_file;
 pub mod catalog;
 pub mod cli;
 pub mod config_file;
@@ -31,3 +33,5 @@ pub mod record;
 pub mod rollout;
 pub mod signup;
 pub mod stream;
+#[cfg(test)]
+mod test_alloc;

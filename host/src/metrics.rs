@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -48,6 +49,11 @@ struct RegionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabels {
+    stream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeadLetterLabels {
     reason: &'static str,
 }
@@ -66,14 +72,42 @@ pub struct Metrics {
     active_module: Family<ModuleLabels, Gauge>,
     reloads: Family<ReloadLabels, Counter>,
     gate_seconds: Histogram,
+    put_retried: Family<StreamLabels, Counter>,
+    put_rejected: Family<StreamLabels, Counter>,
+    shard_failures: Family<ShardLabels, Counter>,
+    last_checkpoint: Family<ShardLabels, Gauge>,
     /// Offers and module failures per region, for the admin API.
     region_totals: Mutex<HashMap<String, (u64, u64)>>,
     /// Set once every shard reader has started; cleared on shutdown.
     ready: AtomicBool,
+    shards: Mutex<HashMap<String, ShardProgress>>,
+    /// A shard behind the tip with no checkpoint for this long makes
+    /// `/readyz` fail.
+    stall_after: Duration,
 }
+
+/// What `/readyz` and the lag gauge need to know of one running shard.
+struct ShardProgress {
+    /// `MillisBehindLatest` of the last read.
+    behind_ms: i64,
+    read_at: Instant,
+    /// Last checkpoint, or last read that found the shard caught up.
+    progress_at: Instant,
+}
+
+/// After this long without a read, a shard's lag gauge grows with the time
+/// since its last read instead of showing that read's figure.
+const STALE_READ: Duration = Duration::from_secs(5);
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::new(Duration::from_secs(60))
+    }
+}
+
+impl Metrics {
+    /// `stall_after`: see [`Self::stalled_shards`].
+    pub fn new(stall_after: Duration) -> Self {
         let mut registry = Registry::with_prefix("offerd");
         let records_read = Family::<ShardLabels, Counter>::default();
         let offers = Family::<RegionLabels, Counter>::default();
@@ -88,6 +122,30 @@ impl Default for Metrics {
         let reloads = Family::<ReloadLabels, Counter>::default();
         // 1 ms to about 16 s.
         let gate_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let put_retried = Family::<StreamLabels, Counter>::default();
+        let put_rejected = Family::<StreamLabels, Counter>::default();
+        let shard_failures = Family::<ShardLabels, Counter>::default();
+        let last_checkpoint = Family::<ShardLabels, Gauge>::default();
+        registry.register(
+            "put_entries_retried",
+            "PutRecords entries that failed with a retryable error (throttling, service faults) and were sent again",
+            put_retried.clone(),
+        );
+        registry.register(
+            "put_entries_rejected",
+            "PutRecords entries Kinesis refused for good (replaced by an output-rejected dead letter)",
+            put_rejected.clone(),
+        );
+        registry.register(
+            "shard_failures",
+            "Shard readers that stopped with an error and were restarted from the checkpoint after a backoff",
+            shard_failures.clone(),
+        );
+        registry.register(
+            "shard_last_checkpoint_timestamp_seconds",
+            "Unix time of each shard's last checkpoint",
+            last_checkpoint.clone(),
+        );
         registry.register(
             "active_module",
             "1 for the module serving each region (name, version, digest)",
@@ -140,19 +198,52 @@ impl Default for Metrics {
             active_module,
             reloads,
             gate_seconds,
+            put_retried,
+            put_rejected,
+            shard_failures,
+            last_checkpoint,
             region_totals: Mutex::default(),
             ready: AtomicBool::new(false),
+            shards: Mutex::default(),
+            stall_after,
         }
     }
-}
 
-impl Metrics {
+    /// Counts a read; `millis_behind_latest` is `None` when nothing was asked.
     pub fn read(&self, shard_id: &str, records: usize, millis_behind_latest: Option<i64>) {
         let labels = ShardLabels { shard_id: shard_id.to_owned() };
         self.records_read.get_or_create(&labels).inc_by(records as u64);
         if let Some(ms) = millis_behind_latest {
             self.millis_behind.get_or_create(&labels).set(ms);
+            let now = Instant::now();
+            let mut shards = self.shards.lock().expect("the shards lock is never held across a panic");
+            let shard = shards.entry(shard_id.to_owned()).or_insert(ShardProgress {
+                behind_ms: ms,
+                read_at: now,
+                progress_at: now,
+            });
+            shard.behind_ms = ms;
+            shard.read_at = now;
+            if ms == 0 {
+                shard.progress_at = now;
+            }
         }
+    }
+
+    /// Shards that are behind (or have not read at all) and have not
+    /// checkpointed for `stall_after`: what makes `/readyz` fail.
+    pub fn stalled_shards(&self) -> Vec<String> {
+        let shards = self.shards.lock().expect("the shards lock is never held across a panic");
+        let mut stalled: Vec<String> = shards
+            .iter()
+            .filter(|(_, s)| {
+                s.progress_at.elapsed() > self.stall_after
+                    && (s.behind_ms > 0 || s.read_at.elapsed() > self.stall_after)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        stalled.sort();
+        stalled
     }
 
     /// Counts a processed batch once its outputs are acknowledged.
@@ -210,13 +301,39 @@ impl Metrics {
         self.subscriptions.get_or_create(&ShardLabels { shard_id: shard_id.to_owned() }).inc();
     }
 
-    pub fn shard_started(&self) {
+    pub fn shard_started(&self, shard_id: &str) {
         self.shards_reading.inc();
+        let now = Instant::now();
+        // Behind until a read says otherwise: a reader that never reads stalls.
+        let progress = ShardProgress { behind_ms: 1, read_at: now, progress_at: now };
+        self.shards.lock().expect("the shards lock is never held across a panic").insert(shard_id.to_owned(), progress);
     }
 
     pub fn shard_stopped(&self, shard_id: &str) {
         self.shards_reading.dec();
         self.millis_behind.remove(&ShardLabels { shard_id: shard_id.to_owned() });
+        self.shards.lock().expect("the shards lock is never held across a panic").remove(shard_id);
+    }
+
+    pub fn put_entries_retried(&self, stream: &str, entries: usize) {
+        self.put_retried.get_or_create(&StreamLabels { stream: stream.to_owned() }).inc_by(entries as u64);
+    }
+
+    pub fn put_entries_rejected(&self, stream: &str, entries: usize) {
+        self.put_rejected.get_or_create(&StreamLabels { stream: stream.to_owned() }).inc_by(entries as u64);
+    }
+
+    pub fn shard_failed(&self, shard_id: &str) {
+        self.shard_failures.get_or_create(&ShardLabels { shard_id: shard_id.to_owned() }).inc();
+    }
+
+    pub fn checkpointed(&self, shard_id: &str) {
+        if let Some(shard) = self.shards.lock().expect("the shards lock is never held across a panic").get_mut(shard_id)
+        {
+            shard.progress_at = Instant::now();
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.last_checkpoint.get_or_create(&ShardLabels { shard_id: shard_id.to_owned() }).set(now as i64);
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -225,6 +342,14 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        // A shard whose reads stopped falls further behind by the second.
+        for (id, shard) in self.shards.lock().expect("the shards lock is never held across a panic").iter() {
+            let since = shard.read_at.elapsed();
+            if since > STALE_READ {
+                let lag = shard.behind_ms.saturating_add(since.as_millis() as i64);
+                self.millis_behind.get_or_create(&ShardLabels { shard_id: id.clone() }).set(lag);
+            }
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
@@ -254,10 +379,18 @@ async fn prometheus_text(State(metrics): State<Arc<Metrics>>) -> impl IntoRespon
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.encode())
 }
 
-async fn readiness(State(metrics): State<Arc<Metrics>>) -> (StatusCode, &'static str) {
-    if metrics.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
+async fn readiness(State(metrics): State<Arc<Metrics>>) -> (StatusCode, String) {
+    if !metrics.ready.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into());
+    }
+    let stalled = metrics.stalled_shards();
+    if stalled.is_empty() {
+        (StatusCode::OK, "ready\n".into())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        let stall = metrics.stall_after.as_secs();
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("stalled (behind, no checkpoint for {stall} s): {}\n", stalled.join(" ")),
+        )
     }
 }

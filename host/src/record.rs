@@ -7,6 +7,18 @@ use crate::catalog::RegionCatalog;
 use crate::engine::{ModuleInfo, Offer};
 use crate::signup::SignUp;
 
+/// Kinesis's limit on a partition key, in Unicode characters.
+pub const MAX_PARTITION_KEY_CHARS: usize = 256;
+/// Kinesis's limit on one record: data plus partition key.
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+/// Whether Kinesis takes `key` as a partition key: 1 to 256 characters.
+/// Counted in UTF-16 units, the stricter reading (some Kinesis-compatible
+/// servers count those).
+pub fn partition_key_fits(key: &str) -> bool {
+    !key.is_empty() && key.len() <= 4 * MAX_PARTITION_KEY_CHARS && key.encode_utf16().count() <= MAX_PARTITION_KEY_CHARS
+}
+
 /// Why a record went to the dead letters. Stable: consumers branch on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -17,6 +29,11 @@ pub enum Reason {
     ModuleTrap,
     ModuleTimeout,
     ModuleMemory,
+    /// The module answered outside the contract (see `FailureKind::BadResult`).
+    ModuleBadResult,
+    /// Kinesis refused the output (offer record or dead letter) made from
+    /// the record, for a reason no retry can fix.
+    OutputRejected,
 }
 
 impl Reason {
@@ -28,6 +45,8 @@ impl Reason {
             Reason::ModuleTrap => "module-trap",
             Reason::ModuleTimeout => "module-timeout",
             Reason::ModuleMemory => "module-memory",
+            Reason::ModuleBadResult => "module-bad-result",
+            Reason::OutputRejected => "output-rejected",
         }
     }
 }
@@ -144,6 +163,15 @@ impl OfferEncoder {
     }
 }
 
+/// Most bytes of the input a dead letter carries. Kinesis takes at most
+/// 1 MiB per record; escaping (up to ×6 for control bytes) or base64 (×4/3)
+/// of this much stays far below it. Larger inputs are cut, and the letter
+/// says so and names the source record so the whole one can be fetched.
+pub const MAX_DEAD_LETTER_INPUT: usize = 64 * 1024;
+/// Most bytes of a failure's detail (a trap's backtrace, a parser's message)
+/// kept in dead letters and log lines.
+pub const MAX_DETAIL: usize = 4 * 1024;
+
 #[derive(Serialize)]
 struct DeadLetter<'a> {
     reason: Reason,
@@ -152,20 +180,77 @@ struct DeadLetter<'a> {
     input: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     input_encoding: Option<&'static str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    input_truncated: bool,
+    /// Of the whole input, when it was cut.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_sha256: Option<String>,
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary, with `…`
+/// appended when cut.
+pub fn truncated(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let end = text.floor_char_boundary(max.saturating_sub('…'.len_utf8()));
+    format!("{}…", &text[..end]).into()
 }
 
 /// Appends one dead letter as a JSON line. The input is kept verbatim, or as
-/// base64 (with `"input_encoding": "base64"`) when it is not UTF-8.
+/// base64 (with `"input_encoding": "base64"`) when it is not UTF-8; past
+/// [`MAX_DEAD_LETTER_INPUT`] bytes only its start is kept, with
+/// `"input_truncated": true`, `input_bytes` and `input_sha256` of the whole.
+/// The detail is cut at [`MAX_DETAIL`].
 pub fn write_dead_letter(out: &mut Vec<u8>, reason: Reason, detail: &str, rule: Option<RuleRef<'_>>, input: &[u8]) {
+    let input_truncated = input.len() > MAX_DEAD_LETTER_INPUT;
+    let (input_bytes, input_sha256) = if input_truncated {
+        (Some(input.len()), Some(format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(input))))
+    } else {
+        (None, None)
+    };
+    let kept = &input[..input.len().min(MAX_DEAD_LETTER_INPUT)];
     let encoded;
-    let (input, input_encoding) = match std::str::from_utf8(input) {
+    let (kept, input_encoding) = match std::str::from_utf8(kept) {
         Ok(text) => (text, None),
+        // Cut inside a character of a UTF-8 input: keep the whole characters.
+        Err(e) if input_truncated && e.error_len().is_none() => {
+            (std::str::from_utf8(&kept[..e.valid_up_to()]).expect("checked up to here"), None)
+        }
         Err(_) => {
-            encoded = base64::engine::general_purpose::STANDARD.encode(input);
+            encoded = base64::engine::general_purpose::STANDARD.encode(kept);
             (encoded.as_str(), Some("base64"))
         }
     };
-    let letter = DeadLetter { reason, detail, rule, input, input_encoding };
+    let detail = truncated(detail, MAX_DETAIL);
+    let letter = DeadLetter {
+        reason,
+        detail: &detail,
+        rule,
+        input: kept,
+        input_encoding,
+        input_truncated,
+        input_bytes,
+        input_sha256,
+    };
+    serde_json::to_writer(out, &letter).expect("serialising plain structs to a Vec cannot fail");
+}
+
+/// Appends the dead letter that stands for an output Kinesis refused for
+/// good. It carries no input: its `source` names the record to fetch.
+pub fn write_output_rejected(out: &mut Vec<u8>, detail: &str) {
+    let letter = DeadLetter {
+        reason: Reason::OutputRejected,
+        detail: &truncated(detail, MAX_DETAIL),
+        rule: None,
+        input: "",
+        input_encoding: None,
+        input_truncated: true,
+        input_bytes: None,
+        input_sha256: None,
+    };
     serde_json::to_writer(out, &letter).expect("serialising plain structs to a Vec cannot fail");
 }
 

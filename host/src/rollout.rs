@@ -177,9 +177,13 @@ pub struct Rollout {
     catalogs: PathBuf,
     enricher: Arc<Enricher>,
     metrics: Arc<Metrics>,
-    /// Also serialises publications: one gate runs at a time, so two
-    /// publications of one region cannot race to the swap.
+    /// Held only to read or change versions, never across a gate: status
+    /// and rollback answer while a module is being gated.
     history: Mutex<HashMap<String, History>>,
+    /// Serialises publications: one gate runs at a time, so two publications
+    /// cannot race to the swap, and compiles never take more than one core
+    /// from enrichment.
+    gating: Mutex<()>,
 }
 
 impl Rollout {
@@ -206,11 +210,17 @@ impl Rollout {
             enricher,
             metrics,
             history: Mutex::new(history),
+            gating: Mutex::new(()),
         }
     }
 
     pub fn region_names(&self) -> Vec<String> {
         self.enricher.region_names().into_iter().map(str::to_owned).collect()
+    }
+
+    /// Largest module the gate accepts.
+    pub fn max_module_bytes(&self) -> usize {
+        self.engine.limits().max_module_bytes
     }
 
     pub fn modules_dir(&self) -> &Path {
@@ -230,10 +240,10 @@ impl Rollout {
     /// The gate refused it; the active rules keep serving.
     pub fn publish(&self, region: &str, bytes: Vec<u8>, origin: Origin) -> Result<Arc<Active>, Refused> {
         let started = Instant::now();
-        let mut history = self.history.lock().expect("the roll-out lock is never held across a panic");
-        let Some(entry) = history.get_mut(region) else {
+        let _gating = self.gating.lock().expect("the gating lock is never held across a panic");
+        if !self.history().contains_key(region) {
             return Err(Refused::UnknownRegion(region.to_owned()));
-        };
+        }
         let digest = digest(&bytes);
         // Publishing what already serves is a no-op (the watcher also sees
         // the store writes of the API and of rollbacks).
@@ -248,6 +258,8 @@ impl Rollout {
             Ok(rules)
         });
         self.metrics.gate_seconds(started.elapsed().as_secs_f64());
+        let mut history = self.history();
+        let entry = history.get_mut(region).expect("regions are fixed at start-up");
         match result {
             Ok(rules) => Ok(self.activate(region, entry, Arc::new(Active::new(Arc::new(rules))), bytes, origin)),
             Err(refused) => Err(self.refuse(region, entry, origin, Some(digest), refused)),
@@ -260,22 +272,28 @@ impl Rollout {
     /// The catalog is invalid or the module refuses it; the old pair keeps serving.
     pub fn reload_catalog(&self, region: &str) -> Result<Arc<Active>, Refused> {
         let started = Instant::now();
-        let mut history = self.history.lock().expect("the roll-out lock is never held across a panic");
-        let Some(entry) = history.get_mut(region) else {
+        let _gating = self.gating.lock().expect("the gating lock is never held across a panic");
+        let Some(entry) = self.history().get(region).map(|e| e.current_bytes.clone()) else {
             return Err(Refused::UnknownRegion(region.to_owned()));
         };
-        let Some(bytes) = entry.current_bytes.clone() else {
+        let Some(bytes) = entry else {
             return Err(Refused::Io(format!("{region} has no module to apply the catalog to")));
         };
         let catalog = Catalogs::load_region_file(&self.catalogs.join(format!("{region}.toml")));
         let result = catalog.map_err(Refused::from).and_then(|c| self.gated(region, &bytes, Some(c)));
         self.metrics.gate_seconds(started.elapsed().as_secs_f64());
+        let mut history = self.history();
+        let entry = history.get_mut(region).expect("regions are fixed at start-up");
         match result {
             Ok(rules) => {
                 Ok(self.activate(region, entry, Arc::new(Active::new(Arc::new(rules))), bytes, Origin::Catalog))
             }
             Err(refused) => Err(self.refuse(region, entry, Origin::Catalog, None, refused)),
         }
+    }
+
+    fn history(&self) -> std::sync::MutexGuard<'_, HashMap<String, History>> {
+        self.history.lock().expect("the roll-out lock is never held across a panic")
     }
 
     /// Publishes the module store's file for `region`.
@@ -295,7 +313,7 @@ impl Rollout {
     /// # Errors
     /// No previous version, or the module store cannot be written.
     pub fn rollback(&self, region: &str) -> Result<Arc<Active>, Refused> {
-        let mut history = self.history.lock().expect("the roll-out lock is never held across a panic");
+        let mut history = self.history();
         let Some(entry) = history.get_mut(region) else {
             return Err(Refused::UnknownRegion(region.to_owned()));
         };
@@ -312,7 +330,7 @@ impl Rollout {
 
     /// Every region's active and previous module, last refusal and counts.
     pub fn status(&self) -> Vec<RegionStatus> {
-        let history = self.history.lock().expect("the roll-out lock is never held across a panic");
+        let history = self.history();
         self.enricher
             .region_names()
             .into_iter()
@@ -369,6 +387,8 @@ impl Rollout {
         if let Serving::Active(old) = &*replaced {
             self.metrics.module_active(region, old.rules.module().info(), false);
             if let Some(old_bytes) = entry.current_bytes.take() {
+                // Kept for rollback: one primed instance is enough.
+                old.rules.trim(1);
                 entry.previous = Some(Version { active: old.clone(), bytes: old_bytes });
             }
         }
@@ -406,12 +426,5 @@ pub fn cases_path(modules: &Path, region: &str) -> PathBuf {
 /// # Errors
 /// Any I/O failure, naming the file.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Refused> {
-    use std::io::Write;
-    let io = |e: std::io::Error| Refused::Io(format!("writing {}: {e}", path.display()));
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::with_prefix_in(".publishing-", dir).map_err(io)?;
-    tmp.write_all(bytes).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
+    crate::atomic_file::write(path, bytes).map_err(|e| Refused::Io(format!("writing {}: {e}", path.display())))
 }

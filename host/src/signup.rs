@@ -24,6 +24,9 @@ pub enum InvalidRecord {
     NotJson(String),
     #[error("user_id is empty")]
     EmptyUserId,
+    /// The user id is the offer record's partition key, which Kinesis caps.
+    #[error("user_id is {0} characters; the limit is {max}", max = crate::record::MAX_PARTITION_KEY_CHARS)]
+    UserIdTooLong(usize),
     #[error("location.country {0:?} is not an ISO 3166-1 alpha-2 code")]
     BadCountry(String),
     #[error("location has {0} without {1}; give both or neither")]
@@ -87,6 +90,9 @@ impl<'a> SignUp<'a> {
         let wire: Wire<'a> = serde_json::from_str(text).map_err(|e| InvalidRecord::NotJson(e.to_string()))?;
         if wire.user_id.trim().is_empty() {
             return Err(InvalidRecord::EmptyUserId);
+        }
+        if !crate::record::partition_key_fits(&wire.user_id) {
+            return Err(InvalidRecord::UserIdTooLong(wire.user_id.chars().count()));
         }
         let country = wire.location.country;
         if !(country.len() == 2 && country.bytes().all(|b| b.is_ascii_uppercase())) {
@@ -195,5 +201,56 @@ mod tests {
         }
         let huge = format!(r#"{{"user_id": "u", "location": {{"country": "DE"}}, "pad": "{}"}}"#, "x".repeat(1 << 20));
         assert!(matches!(decode(&huge), Err(InvalidRecord::TooLarge(_))));
+        // The user id becomes a partition key: 256 characters at most.
+        let user = |id: String| format!(r#"{{"user_id": "{id}", "location": {{"country": "DE"}}}}"#);
+        assert_eq!(decode(&user("ü".repeat(257))), Err(InvalidRecord::UserIdTooLong(257)));
+        assert!(decode(&user("ü".repeat(256))).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Sign-up-shaped JSON with hostile values in every field.
+    fn signup_json() -> impl Strategy<Value = String> {
+        let text = prop_oneof![
+            Just(String::new()),
+            "[a-zA-Z0-9 ]{0,20}".prop_map(|s| s),
+            any::<String>(),
+            (0usize..600).prop_map(|n| "ü".repeat(n)),
+        ];
+        let number =
+            prop_oneof![any::<f64>().prop_map(|f| f.to_string()), Just("1e400".to_owned()), Just("null".into())];
+        (text.clone(), text.clone(), text, number.clone(), number).prop_map(|(user, country, postal, lat, lon)| {
+            format!(
+                r#"{{"user_id": {}, "location": {{"country": {}, "postal_code": {}, "lat": {lat}, "lon": {lon}}}}}"#,
+                serde_json::to_string(&user).unwrap(),
+                serde_json::to_string(&country).unwrap(),
+                serde_json::to_string(&postal).unwrap()
+            )
+        })
+    }
+
+    proptest! {
+        /// Any bytes decode to a sign-up or a reason, never a panic; what
+        /// decodes is within the documented bounds.
+        #[test]
+        fn any_bytes_are_a_signup_or_a_reason(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = SignUp::decode(&bytes);
+        }
+
+        #[test]
+        fn decoded_signups_respect_their_bounds(text in signup_json()) {
+            if let Ok(s) = SignUp::decode(text.as_bytes()) {
+                prop_assert!(crate::record::partition_key_fits(&s.user_id));
+                prop_assert!(s.country.len() == 2);
+                if let Some((lat, lon)) = s.coordinates {
+                    prop_assert!((-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon));
+                }
+            }
+        }
     }
 }

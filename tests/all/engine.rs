@@ -10,7 +10,7 @@ use offerd::signup::SignUp;
 use offerd_tests::component;
 
 fn engine() -> Engine {
-    Engine::new(Limits { call_timeout: Duration::from_millis(100), memory_bytes: 64 << 20 }).unwrap()
+    Engine::new(Limits { call_timeout: Duration::from_millis(100), ..Limits::default() }).unwrap()
 }
 
 fn load(engine: &Engine, name: &str) -> Result<RuleModule, ModuleError> {
@@ -79,14 +79,54 @@ fn a_gigabyte_allocation_hits_the_memory_cap() {
     assert!(results[1].is_ok());
 }
 
+/// Answers outside the contract fail their own record with what was wrong.
 #[test]
-fn an_offer_outside_the_catalog_is_a_module_fault() {
+fn results_outside_the_contract_fail_their_record() {
     let rules = europe(load(&engine(), "misbehave").unwrap());
-    let inputs = commands(&["bad-index"]);
-    let signup = SignUp::decode(&inputs[0]).unwrap();
-    let failure = rules.enrich(&[&signup]).pop().unwrap().unwrap_err();
-    assert_eq!(failure.kind, FailureKind::Trap);
-    assert!(failure.detail.contains("plan 9999"), "{}", failure.detail);
+    let inputs = commands(&["bad-index", "many", "long-reason", "ok"]);
+    let signups: Vec<SignUp<'_>> = inputs.iter().map(|b| SignUp::decode(b).unwrap()).collect();
+    let results = rules.enrich(&signups.iter().collect::<Vec<_>>());
+    let details: Vec<String> = results[..3]
+        .iter()
+        .map(|r| {
+            let failure = r.as_ref().unwrap_err();
+            assert_eq!(failure.kind, FailureKind::BadResult, "{}", failure.detail);
+            failure.detail.clone()
+        })
+        .collect();
+    assert!(details[0].contains("plan 9999"), "{}", details[0]);
+    assert!(details[1].contains("1000 offers; the catalog allows"), "{}", details[1]);
+    assert!(details[2].contains("reason of 100000 bytes"), "{}", details[2]);
+    assert!(results[3].is_ok());
+}
+
+/// Poison records are found by halving the batch, not by one call per
+/// record; a module that fails every record holds the batch for its time
+/// budget, and the records left when it is spent fail as timeouts.
+#[test]
+fn failing_records_are_bisected_within_the_batch_budget() {
+    let rules = europe(load(&engine(), "misbehave").unwrap());
+    let mut cmds = vec!["ok"; 64];
+    cmds[5] = "trap";
+    cmds[40] = "trap";
+    let got = kinds(&rules, &commands(&cmds));
+    let failed: Vec<usize> = got.iter().enumerate().filter(|(_, k)| k.is_some()).map(|(i, _)| i).collect();
+    assert_eq!(failed, [5, 40]);
+
+    let engine = Engine::new(Limits {
+        call_timeout: Duration::from_millis(50),
+        batch_budget: Duration::from_millis(300),
+        ..Limits::default()
+    })
+    .unwrap();
+    let rules = europe(load(&engine, "misbehave").unwrap());
+    let inputs = commands(&["loop"; 100]);
+    let signups: Vec<SignUp<'_>> = inputs.iter().map(|b| SignUp::decode(b).unwrap()).collect();
+    let results = rules.enrich(&signups.iter().collect::<Vec<_>>());
+    assert!(results.iter().all(|r| r.as_ref().is_err_and(|f| f.kind == FailureKind::Timeout)));
+    let spent = results.iter().filter(|r| r.as_ref().unwrap_err().detail.contains("time budget")).count();
+    // At most budget / timeout calls were made: every other record was failed unrun.
+    assert!(spent >= 100 - 300 / 50, "only {spent} of 100 records were cut off by the budget");
 }
 
 #[test]

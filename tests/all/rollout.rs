@@ -187,6 +187,39 @@ async fn publish_under_load_switches_once_per_shard_and_refuses_broken_modules()
     let (offers, _) = k.wait_for(&s.output, &s.dlq, 248).await;
     let newest_europe = offers.iter().filter(|o| o["region"] == "europe").max_by_key(|o| seq(o)).unwrap();
     assert_eq!(newest_europe["rule"]["digest"], v1, "served by v1 again after the rollback");
+
+    // A gate that takes seconds (20 golden cases that each run into the call
+    // timeout) blocks neither status, nor rollback, nor metrics.
+    let looping: Vec<Value> = (0..20)
+        .map(|i| {
+            serde_json::json!({"name": format!("loop {i}"), "expect": {"offers": ["x"]},
+                "signup": {"user_id": "t", "location": {"country": "DE", "postal_code": "loop"}}})
+        })
+        .collect();
+    std::fs::write(store.path().join("europe.cases.json"), serde_json::to_vec(&looping).unwrap()).unwrap();
+    let gating = {
+        let (admin, bytes) = (admin.clone(), v2_bytes.clone());
+        std::thread::spawn(move || http(&admin, "PUT", "/v1/regions/europe/module", Some(TOKEN), &bytes))
+    };
+    let mut answered_while_gating = 0;
+    while !gating.is_finished() {
+        let started = Instant::now();
+        let (status, _) = http(&admin, "GET", "/v1/regions", Some(TOKEN), b"");
+        let (metrics_status, _) = http(&metrics, "GET", "/metrics", None, b"");
+        assert_eq!((status, metrics_status), (200, 200));
+        assert!(started.elapsed() < Duration::from_secs(1), "status took {:?} during a gate", started.elapsed());
+        if answered_while_gating == 0 {
+            // v1 → v2 (the previous version), while the gate runs.
+            let (status, body) = http(&admin, "POST", "/v1/regions/europe/rollback", Some(TOKEN), b"");
+            assert_eq!(status, 200, "{body}");
+        }
+        answered_while_gating += 1;
+    }
+    let (status, body) = gating.join().unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("golden cases failed"), "{body}");
+    assert!(answered_while_gating >= 3, "the gate ended before it could be observed");
+    assert_eq!(region_status(&admin, "europe")["active"]["digest"], v2, "the rollback made during the gate holds");
     child.stop();
 }
 

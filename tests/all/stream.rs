@@ -541,9 +541,12 @@ async fn kpl_aggregates_are_deaggregated() {
     let s = streams(&k, 1).await;
     let dir = tempfile::tempdir().unwrap();
     let store = store_with("reference");
-    let user = |key: &str, data: String| UserRecord { partition_key: key.into(), data: data.into_bytes() };
-    let packed = aggregate(&[user("p0", signup("p0", 0)), user("bad", "not json".into()), user("p2", signup("p2", 2))]);
-    let mut damaged = aggregate(&[user("d", signup("d", 0))]);
+    fn user<'a>(partition_key: &'a str, data: &'a str) -> UserRecord<'a> {
+        UserRecord { partition_key, data: data.as_bytes() }
+    }
+    let (p0, p2, d) = (signup("p0", 0), signup("p2", 2), signup("d", 0));
+    let packed = aggregate(&[user("p0", &p0), user("bad", "not json"), user("p2", &p2)]);
+    let mut damaged = aggregate(&[user("d", &d)]);
     let last = damaged.len() - 1;
     damaged[last] ^= 0xff;
     let entries = [packed, damaged, signup("plain", 3).into_bytes()]
@@ -631,5 +634,109 @@ async fn enhanced_fan_out_resubscribes_and_follows_a_split() {
     assert_eq!(offers.len(), 72, "a clean stop and restart repeats nothing");
     for (user, rounds) in rounds_by_user(&offers, &landed) {
         assert_eq!(rounds, (0..9).collect::<Vec<_>>(), "{user}: outputs out of put order");
+    }
+}
+
+/// The records the issue found stalling a shard or exhausting memory, on a
+/// 2-shard stream among good ones: a 1,000,000-byte line of invalid UTF-8,
+/// a 300-character user id, and a KPL aggregate of a 300,000-character key
+/// shared by 80,000 empty records. Each becomes one dead letter that fits
+/// Kinesis's limits, and every good record behind them comes out. A second
+/// offerd on the same checkpoints refuses to start, naming the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_records_become_dead_letters_and_the_shards_go_on() {
+    use offerd::stream::kpl::{UserRecord, aggregate};
+    let k = Kinesis::new().await;
+    let s = streams(&k, 2).await;
+    let key = "k".repeat(300_000);
+    let hostile: Vec<(&str, Vec<u8>)> = vec![
+        ("utf8", vec![0xff; 1_000_000]),
+        ("long", signup(&"u".repeat(300), 0).into_bytes()),
+        ("agg", aggregate(&vec![UserRecord { partition_key: &key, data: b"" }; 80_000])),
+    ];
+    for (round, (pk, data)) in hostile.into_iter().enumerate() {
+        let good: Vec<(String, String)> = (0..20).map(|u| (format!("g{u}"), signup(&format!("g{u}"), round))).collect();
+        k.put(&s.input, &good[..10]).await;
+        let entry = PutRecordsRequestEntry::builder().partition_key(pk).data(Blob::new(data)).build().unwrap();
+        let out = k.client.put_records().stream_name(&s.input).records(entry).send().await.unwrap();
+        assert_eq!(out.failed_record_count(), Some(0));
+        k.put(&s.input, &good[10..]).await;
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with("reference");
+    let checkpoints = dir.path().join("checkpoints.json");
+    let child = k.offerd(&s, &checkpoints, store.path(), &[]);
+    let (offers, dead) = k.wait_for(&s.output, &s.dlq, 63).await;
+
+    // A second process on the same checkpoint file stops at once and says who holds it.
+    let second = Command::new(env!("CARGO_BIN_EXE_offerd-cli"))
+        .args(["run", "--input-stream", &s.input, "--output-stream", &s.output, "--modules"])
+        .arg(store.path())
+        .arg("--catalogs")
+        .arg(catalogs())
+        .arg("--checkpoints")
+        .arg(&checkpoints)
+        .output()
+        .unwrap();
+    let pid = child.0.as_ref().unwrap().id();
+    child.stop();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains(&format!("pid {pid}")), "{stderr}");
+
+    assert_eq!(offers.len(), 60, "every good record behind the hostile ones");
+    let mut letters: Vec<(&str, &str)> =
+        dead.iter().map(|d| (d["reason"].as_str().unwrap(), d["detail"].as_str().unwrap())).collect();
+    letters.sort();
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    assert!(letters.iter().all(|(reason, _)| *reason == "invalid-record"), "{letters:?}");
+    assert!(letters.iter().any(|(_, d)| d.contains("user_id is 300 characters")), "{letters:?}");
+    assert!(letters.iter().any(|(_, d)| d.contains("300000 characters")), "{letters:?}");
+    assert!(letters.iter().any(|(_, d)| d.contains("record is 1000000 bytes")), "{letters:?}");
+    for d in &dead {
+        assert!(d["source"]["sequence_number"].is_string(), "{d}");
+    }
+    let cut = dead.iter().find(|d| d["input_bytes"] == 1_000_000).expect("the invalid UTF-8 letter names its size");
+    assert_eq!(cut["input_truncated"], true);
+}
+
+/// `--start-at latest` applies to the shards open at start-up only: the
+/// children of a split made while running start at their first record, so
+/// nothing put after start-up is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_at_latest_never_skips_a_child_shard() {
+    let k = Kinesis::new().await;
+    let s = streams(&k, 1).await;
+    // Before start-up: must not come out.
+    put_round(&k, &s.input, 4, 99, &mut HashMap::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with("reference");
+    let addr = free_addr();
+    let child = k.offerd(
+        &s,
+        &dir.path().join("checkpoints.json"),
+        store.path(),
+        &["--start-at", "latest", "--metrics-addr", &addr],
+    );
+    wait_for_metric(&addr, "offerd_shards_reading 1");
+    // The reader holds a LATEST iterator once its first read is counted.
+    let deadline = Instant::now() + DEADLINE;
+    while !http_get(&addr, "/metrics").1.contains("offerd_millis_behind_latest{") {
+        assert!(Instant::now() < deadline, "the shard was never read");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut landed = HashMap::new();
+    put_round(&k, &s.input, 8, 0, &mut landed).await;
+    k.wait_for(&s.output, &s.dlq, 8).await;
+    split_first_shard(&k, &s.input).await;
+    // Into the children, before their readers exist.
+    put_round(&k, &s.input, 8, 1, &mut landed).await;
+    put_round(&k, &s.input, 8, 2, &mut landed).await;
+    let (offers, dead) = k.wait_for(&s.output, &s.dlq, 24).await;
+    child.stop();
+    assert!(dead.is_empty(), "{dead:?}");
+    for (user, rounds) in rounds_by_user(&offers, &landed) {
+        assert_eq!(rounds, [0, 1, 2], "{user}: the records put before start-up are skipped, the rest come out");
     }
 }

@@ -122,3 +122,47 @@ fn a_region_without_its_catalog_file_is_refused() {
     let err = Catalogs::load(dir.path()).unwrap_err();
     assert!(err.file.ends_with("asia-pacific.toml") && err.reason.contains("cannot read"), "{err}");
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// The real europe catalog with bytes overwritten, lines dropped or
+        /// the file cut short: loaded or refused with file and key, never a
+        /// panic; what loads keeps the catalog's invariants.
+        #[test]
+        fn a_damaged_catalog_is_loaded_or_refused(
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+            drop_line in proptest::option::of(any::<usize>()),
+            cut in proptest::option::of(any::<usize>()),
+        ) {
+            let dir = scratch();
+            let path = dir.path().join("europe.toml");
+            let mut bytes = std::fs::read(&path).unwrap();
+            for (at, byte) in edits {
+                let i = at % bytes.len();
+                bytes[i] = byte;
+            }
+            if let Some(line) = drop_line {
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                let lines: Vec<&str> = text.lines().collect();
+                let skip = line % lines.len();
+                bytes = lines.iter().enumerate().filter(|(i, _)| *i != skip).map(|(_, l)| *l).collect::<Vec<_>>().join("\n").into_bytes();
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut % (bytes.len() + 1));
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            match Catalogs::load_region_file(&path) {
+                Ok(c) => {
+                    prop_assert!(!c.plans.is_empty());
+                    prop_assert!(c.max_offers >= 1);
+                }
+                Err(e) => prop_assert!(e.file == path || e.file.ends_with("regions.toml"), "{e}"),
+            }
+        }
+    }
+}

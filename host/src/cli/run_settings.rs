@@ -54,6 +54,18 @@ pub(super) struct RunSettings {
     /// the service ends each after 300 [default: 290].
     #[arg(long, value_name = "SECONDS", hide = true)]
     resubscribe_after_secs: Option<u64>,
+    /// KPL aggregates holding more user records go to the dead letters
+    /// whole [default: 10000].
+    #[arg(long, value_name = "N")]
+    max_aggregate_records: Option<usize>,
+    /// Seconds a batch's throttled or failing writes are retried before its
+    /// shard restarts from the checkpoint [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    put_retry_budget_secs: Option<u64>,
+    /// /readyz fails while a shard is behind the tip of the stream and has
+    /// not checkpointed for this long [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    stall_after_secs: Option<u64>,
     /// Serve the admin API (publish, rollback, status) here; needs --admin-token-file.
     #[arg(long, value_name = "HOST:PORT", requires = "admin_token_file")]
     admin_addr: Option<SocketAddr>,
@@ -72,6 +84,7 @@ pub(super) struct Resolved {
     pub catalogs: PathBuf,
     pub checkpoints: PathBuf,
     pub metrics_addr: Option<SocketAddr>,
+    pub stall_after: Duration,
     pub admin_addr: Option<SocketAddr>,
     pub admin_token_file: Option<PathBuf>,
 }
@@ -126,6 +139,18 @@ impl RunSettings {
         if !(Duration::from_secs(1)..Duration::from_secs(300)).contains(&resubscribe_after) {
             bail!("{}: must be 1 to 299 (the service ends a subscription at 300)", origin("resubscribe-after-secs"));
         }
+        let max_aggregate_records = self
+            .max_aggregate_records
+            .or(file.max_aggregate_records)
+            .unwrap_or(crate::stream::kpl::DEFAULT_MAX_RECORDS);
+        if max_aggregate_records == 0 {
+            bail!("{}: must be at least 1", origin("max-aggregate-records"));
+        }
+        let put_retry_budget = Duration::from_secs(
+            self.put_retry_budget_secs
+                .or(file.put_retry_budget_secs)
+                .unwrap_or(crate::stream::sink::RETRY_BUDGET.as_secs()),
+        );
         let admin_addr = self.admin_addr.or(file.admin_addr);
         let admin_token_file = self.admin_token_file.or(file.admin_token_file);
         if admin_addr.is_some() && admin_token_file.is_none() {
@@ -141,11 +166,14 @@ impl RunSettings {
                 batch_window,
                 consumer_name: self.consumer_name.or(file.consumer_name),
                 resubscribe_after,
+                max_aggregate_records,
+                put_retry_budget,
             },
             modules: required_path(self.modules.or(file.modules), "modules")?,
             catalogs: required_path(self.catalogs.or(file.catalogs), "catalogs")?,
             checkpoints: self.checkpoints.or(file.checkpoints).unwrap_or_else(|| "offerd-checkpoints.json".into()),
             metrics_addr: self.metrics_addr.or(file.metrics_addr),
+            stall_after: Duration::from_secs(self.stall_after_secs.or(file.stall_after_secs).unwrap_or(60).max(1)),
             admin_addr,
             admin_token_file,
         })

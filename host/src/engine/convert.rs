@@ -73,6 +73,18 @@ pub(super) fn signup(s: &SignUp<'_>) -> wit::SignUp {
 }
 
 pub(super) fn rejection(e: &wit::RuleError) -> Failure {
+    if let wit::RuleError::Unusable(why) | wit::RuleError::CountryNotServed(why) = e
+        && why.len() > super::region::MAX_REASON_BYTES
+    {
+        return Failure {
+            kind: FailureKind::BadResult,
+            detail: format!(
+                "module gave a rejection reason of {} bytes; the limit is {}",
+                why.len(),
+                super::region::MAX_REASON_BYTES
+            ),
+        };
+    }
     let (case, detail) = match e {
         wit::RuleError::CountryNotServed(c) => {
             ("country-not-served", format!("country {c} is not served by this region"))
@@ -85,7 +97,7 @@ pub(super) fn rejection(e: &wit::RuleError) -> Failure {
 
 /// A module that points outside the catalog is broken for this record.
 pub(super) fn offer(o: &wit::Offer, catalog: &RegionCatalog) -> Result<Offer, Failure> {
-    let broken = |detail: String| Failure { kind: FailureKind::Trap, detail };
+    let broken = |detail: String| Failure { kind: FailureKind::BadResult, detail };
     let plan = o.plan as usize;
     if plan >= catalog.plans.len() {
         return Err(broken(format!("module returned plan {plan}; the catalog has {}", catalog.plans.len())));

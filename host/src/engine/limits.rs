@@ -11,13 +11,33 @@ pub struct Limits {
     /// Linear memory one instance may hold. The reference rules use about
     /// 2 MiB with the largest catalog.
     pub memory_bytes: usize,
+    /// Wall time one region's share of a batch may take in all, retries of
+    /// failing records included. When it is spent, the records not yet
+    /// served are failed as timeouts: a module that loops on every record
+    /// holds its shard for this long, not for one timeout per record.
+    pub batch_budget: Duration,
+    /// Largest component accepted, in bytes. Compile time grows with size;
+    /// rule modules are a few hundred KiB.
+    pub max_module_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { call_timeout: Duration::from_millis(200), memory_bytes: 64 << 20 }
+        Self {
+            call_timeout: Duration::from_millis(200),
+            memory_bytes: 64 << 20,
+            batch_budget: Duration::from_secs(2),
+            max_module_bytes: 16 << 20,
+        }
     }
 }
+
+/// Most core instances, tables and memories one component instance may
+/// create. A rule module is one core module with one memory; the caps stop
+/// a component from multiplying the memory cap by instantiating many.
+const MAX_INSTANCES: usize = 4;
+const MAX_TABLES: usize = 4;
+const MAX_MEMORIES: usize = 1;
 
 /// A module asked for more memory than its cap.
 #[derive(Debug, thiserror::Error)]
@@ -44,5 +64,17 @@ impl wasmtime::ResourceLimiter for MemoryCap {
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         // Tables hold function references; rules need a few hundred at most.
         Ok(desired <= 100_000)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
     }
 }

@@ -51,6 +51,9 @@ impl Engine {
         // Rules run on the host's own threads; they must never allocate
         // unbounded native stack either.
         config.max_wasm_stack(1 << 20);
+        // One core per compile: a large module being gated must not take
+        // every core from enrichment. (Publications are gated one at a time.)
+        config.parallel_compilation(false);
         let inner = wasmtime::Engine::new(&config)?;
         let ticker = Ticker::start(inner.clone());
         Ok(Self { inner, limits, _ticker: Arc::new(ticker) })
@@ -62,8 +65,12 @@ impl Engine {
 
     /// Epoch ticks that cover `limits.call_timeout`.
     fn deadline_ticks(&self) -> u64 {
-        let tick = EPOCH_TICK.as_nanos();
-        (self.limits.call_timeout.as_nanos().div_ceil(tick) as u64).max(1)
+        self.ticks(self.limits.call_timeout)
+    }
+
+    /// Epoch ticks that cover `time`, at least one.
+    fn ticks(&self, time: Duration) -> u64 {
+        (time.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).max(1)
     }
 }
 

@@ -10,6 +10,8 @@ use super::{Engine, OfferRules, OfferRulesPre, RULES_INTERFACE};
 /// Why a module is refused. The old module, if any, keeps serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {
+    #[error("module is {bytes} bytes; the limit is {limit} (--max-module-mib)")]
+    TooLarge { bytes: usize, limit: usize },
     #[error("not a WebAssembly component: {0}")]
     NotAComponent(String),
     #[error("module imports {0}; offer rules may import nothing")]
@@ -60,6 +62,10 @@ impl RuleModule {
     /// # Errors
     /// A [`ModuleError`] naming what was found instead.
     pub fn load(engine: &Engine, bytes: &[u8]) -> Result<Self, ModuleError> {
+        let limit = engine.limits.max_module_bytes;
+        if bytes.len() > limit {
+            return Err(ModuleError::TooLarge { bytes: bytes.len(), limit });
+        }
         let digest = digest(bytes);
         let component =
             Component::new(&engine.inner, bytes).map_err(|e| ModuleError::NotAComponent(format!("{e:#}")))?;
@@ -84,8 +90,12 @@ impl RuleModule {
         };
         let (mut store, bindings) = module.instantiate().map_err(|e| failed("instantiate", &e))?;
         let meta = bindings.offers_rules_rules().call_metadata(&mut store).map_err(|e| failed("metadata", &e))?;
-        if meta.name.trim().is_empty() {
-            return Err(ModuleError::BadMetadata("name is empty".into()));
+        check_name(&meta.name).map_err(ModuleError::BadMetadata)?;
+        if meta.version.len() > MAX_NAME_CHARS {
+            return Err(ModuleError::BadMetadata(format!(
+                "version is {} bytes; the limit is {MAX_NAME_CHARS}",
+                meta.version.len()
+            )));
         }
         module.info.version = semver::Version::parse(&meta.version)
             .map_err(|e| ModuleError::BadMetadata(format!("version {:?} is not semver: {e}", meta.version)))?;
@@ -109,6 +119,34 @@ impl RuleModule {
         store.set_epoch_deadline(self.engine.deadline_ticks());
         let bindings = self.pre.instantiate(&mut store)?;
         Ok((store, bindings))
+    }
+}
+
+/// Longest module name or version. Both go into every offer record.
+const MAX_NAME_CHARS: usize = 64;
+
+/// A module name is a short identifier: it names the rules in every offer
+/// record, in metrics labels and in logs.
+fn check_name(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || name.len() > MAX_NAME_CHARS || !name.chars().all(allowed) {
+        let shown: String = name.chars().take(MAX_NAME_CHARS).collect();
+        return Err(format!(
+            "name {shown:?} (of {} bytes) is not an identifier of 1 to {MAX_NAME_CHARS} letters, digits, '-', '_' or '.'",
+            name.len()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[test]
+fn module_names_are_short_identifiers() {
+    for good in ["reference-offer-rules", "misbehave", "eu_rules.v2"] {
+        assert_eq!(check_name(good), Ok(()));
+    }
+    for bad in ["", "has space", "quote\"", &"x".repeat(65), "new\nline", "ünï"] {
+        assert!(check_name(bad).is_err(), "{bad:?} accepted");
     }
 }
 

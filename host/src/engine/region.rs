@@ -1,7 +1,9 @@
 //! A module bound to one region's catalog: warm instances, bounded calls, and
 //! isolation of the record that makes a module fail.
 
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use wasmtime::Store;
 
@@ -29,6 +31,10 @@ pub enum FailureKind {
     Trap,
     Timeout,
     Memory,
+    /// The module returned what the contract does not allow: an index
+    /// outside the catalog, more offers than `max-offers`, a result count
+    /// other than the batch's, an over-long rejection reason.
+    BadResult,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +48,12 @@ struct Primed {
     store: Store<StoreState>,
     bindings: OfferRules,
 }
+
+/// Most primed instances kept idle per region: one per shard enriching the
+/// region at the same moment, up to this many; more are dropped after use.
+const MAX_IDLE: usize = 8;
+/// Longest `unusable` reason a module may give, in bytes.
+pub const MAX_REASON_BYTES: usize = 1024;
 
 /// A region's rules: one module, one catalog, a pool of primed instances.
 pub struct RegionRules {
@@ -73,42 +85,84 @@ impl RegionRules {
         &self.catalog
     }
 
-    /// One result per sign-up, in order. A batch runs in one call; if the
-    /// module fails, each record is retried alone so that only the records
-    /// that make it fail are reported as failed.
-    pub fn enrich(&self, batch: &[&SignUp<'_>]) -> Vec<Result<Vec<Offer>, Failure>> {
-        let inputs: Vec<wit::SignUp> = batch.iter().map(|s| convert::signup(s)).collect();
-        match self.call(&inputs) {
-            Ok(results) => results.into_iter().map(|r| self.check(r)).collect(),
-            Err(failure) if inputs.len() == 1 => vec![Err(failure)],
-            Err(_) => inputs
-                .iter()
-                .map(|one| match self.call(std::slice::from_ref(one)) {
-                    Ok(mut results) => self.check(results.pop().expect("call checks one result per input")),
-                    Err(failure) => Err(failure),
-                })
-                .collect(),
-        }
+    /// Keeps at most `keep` idle instances (a version kept for rollback
+    /// needs one, not a pool).
+    pub fn trim(&self, keep: usize) {
+        self.idle.lock().expect("pool lock is never held across a panic").truncate(keep);
     }
 
-    /// One bounded `enrich` call on a primed instance. The instance goes back
-    /// to the pool only if the call succeeded: after a trap it is poisoned.
-    fn call(&self, inputs: &[wit::SignUp]) -> Result<Vec<Result<Vec<wit::Offer>, wit::RuleError>>, Failure> {
+    /// One result per sign-up, in order. A batch runs in one call; if the
+    /// module fails, the batch is halved and each half retried, down to
+    /// single records, so that only the records that make it fail are
+    /// reported as failed (Lambda's BisectBatchOnFunctionError). All of it
+    /// within the engine's batch budget: records not served when it is spent
+    /// fail as timeouts.
+    pub fn enrich(&self, batch: &[&SignUp<'_>]) -> Vec<Result<Vec<Offer>, Failure>> {
+        let deadline = Instant::now() + self.module.engine().limits().batch_budget;
+        let inputs: Vec<wit::SignUp> = batch.iter().map(|s| convert::signup(s)).collect();
+        let mut results: Vec<Option<Result<Vec<Offer>, Failure>>> = vec![None; inputs.len()];
+        // Ranges still to serve, the next one last.
+        let mut todo: Vec<Range<usize>> = Vec::with_capacity(16);
+        todo.push(0..inputs.len());
+        while let Some(range) = todo.pop() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let budget = self.module.engine().limits().batch_budget;
+                let spent = Failure {
+                    kind: FailureKind::Timeout,
+                    detail: format!("the batch's time budget ({budget:?}) was spent on failing records of this module"),
+                };
+                for range in std::iter::once(range).chain(todo.drain(..)) {
+                    for i in range {
+                        results[i] = Some(Err(spent.clone()));
+                    }
+                }
+                break;
+            }
+            match self.call(&inputs[range.clone()], left) {
+                Ok(served) => {
+                    for (i, result) in range.zip(served) {
+                        results[i] = Some(self.check(result));
+                    }
+                }
+                Err(failure) if range.len() == 1 => results[range.start] = Some(Err(failure)),
+                Err(_) => {
+                    let middle = range.start + range.len() / 2;
+                    todo.push(middle..range.end);
+                    todo.push(range.start..middle);
+                }
+            }
+        }
+        results.into_iter().map(|r| r.expect("every record is served, failed or timed out")).collect()
+    }
+
+    /// One bounded `enrich` call on a primed instance, stopped at the call
+    /// timeout or `left`, whichever is sooner. The instance goes back to the
+    /// pool only if the call succeeded: after a trap it is poisoned.
+    fn call(
+        &self,
+        inputs: &[wit::SignUp],
+        left: Duration,
+    ) -> Result<Vec<Result<Vec<wit::Offer>, wit::RuleError>>, Failure> {
         let idle = self.idle.lock().expect("pool lock is never held across a panic").pop();
         let mut primed = match idle {
             Some(p) => p,
             None => self.prime().map_err(|e| Failure { kind: FailureKind::Trap, detail: e.to_string() })?,
         };
-        primed.store.set_epoch_deadline(self.module.engine().deadline_ticks());
+        let engine = self.module.engine();
+        primed.store.set_epoch_deadline(engine.deadline_ticks().min(engine.ticks(left)));
         let results =
             primed.bindings.offers_rules_rules().call_enrich(&mut primed.store, inputs).map_err(|e| classify(&e))?;
         if results.len() != inputs.len() {
             return Err(Failure {
-                kind: FailureKind::Trap,
+                kind: FailureKind::BadResult,
                 detail: format!("module returned {} results for {} sign-ups", results.len(), inputs.len()),
             });
         }
-        self.idle.lock().expect("pool lock is never held across a panic").push(primed);
+        let mut idle = self.idle.lock().expect("pool lock is never held across a panic");
+        if idle.len() < MAX_IDLE {
+            idle.push(primed);
+        }
         Ok(results)
     }
 
@@ -129,9 +183,20 @@ impl RegionRules {
         Ok(Primed { store, bindings })
     }
 
-    /// Turns a module result into offers, refusing indices outside the catalog.
+    /// Turns a module result into offers, refusing more offers than the
+    /// catalog's `max_offers` and indices outside the catalog.
     fn check(&self, result: Result<Vec<wit::Offer>, wit::RuleError>) -> Result<Vec<Offer>, Failure> {
         let offers = result.map_err(|e| convert::rejection(&e))?;
+        if offers.len() > self.catalog.max_offers as usize {
+            return Err(Failure {
+                kind: FailureKind::BadResult,
+                detail: format!(
+                    "module returned {} offers; the catalog allows {}",
+                    offers.len(),
+                    self.catalog.max_offers
+                ),
+            });
+        }
         offers.into_iter().map(|o| convert::offer(&o, &self.catalog)).collect()
     }
 }
@@ -144,5 +209,10 @@ pub(crate) fn classify(e: &wasmtime::Error) -> Failure {
     if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
         return Failure { kind: FailureKind::Timeout, detail: "module ran past its call deadline".into() };
     }
-    Failure { kind: FailureKind::Trap, detail: format!("{e:#}") }
+    // A deep recursion's backtrace can run to megabytes.
+    let detail = format!("{e:#}");
+    Failure {
+        kind: FailureKind::Trap,
+        detail: crate::record::truncated(&detail, crate::record::MAX_DETAIL).into_owned(),
+    }
 }

@@ -82,3 +82,38 @@ fn dead_letter_keeps_utf8_input_verbatim_and_other_bytes_as_base64() {
     assert_eq!(v["input"], "/wA=");
     assert_eq!(v["input_encoding"], "base64");
 }
+
+#[test]
+fn a_huge_input_is_cut_in_its_dead_letter_with_size_and_digest() {
+    use sha2::Digest;
+    let mut line = Vec::new();
+    // Invalid UTF-8, 1,000,000 bytes: base64 of all of it would be 1.33 MB.
+    let input = vec![0xffu8; 1_000_000];
+    write_dead_letter(&mut line, Reason::InvalidRecord, &"d".repeat(100_000), None, &input);
+    assert!(line.len() < 100 * 1024, "dead letter is {} bytes", line.len());
+    let v: Value = serde_json::from_slice(&line).unwrap();
+    assert_eq!(v["input_truncated"], true);
+    assert_eq!(v["input_bytes"], 1_000_000);
+    assert_eq!(v["input_sha256"], format!("{:x}", sha2::Sha256::digest(&input)));
+    assert_eq!(v["input_encoding"], "base64");
+    assert!(v["detail"].as_str().unwrap().len() <= MAX_DETAIL);
+
+    // Control characters escape to six bytes each: still far below 1 MiB.
+    line.clear();
+    write_dead_letter(&mut line, Reason::InvalidRecord, "x", None, &vec![1u8; 1_000_000]);
+    assert!(line.len() < 400 * 1024, "dead letter is {} bytes", line.len());
+
+    // A UTF-8 input cut inside a character keeps whole characters, unencoded.
+    line.clear();
+    let text = "ü".repeat(MAX_DEAD_LETTER_INPUT);
+    write_dead_letter(&mut line, Reason::InvalidRecord, "x", None, text.as_bytes());
+    let v: Value = serde_json::from_slice(&line).unwrap();
+    assert_eq!(v.get("input_encoding"), None);
+    assert_eq!(v["input"].as_str().unwrap().len(), MAX_DEAD_LETTER_INPUT);
+
+    // Small inputs carry no truncation fields.
+    line.clear();
+    write_dead_letter(&mut line, Reason::InvalidRecord, "x", None, b"{}");
+    let v: Value = serde_json::from_slice(&line).unwrap();
+    assert_eq!((v.get("input_truncated"), v.get("input_bytes")), (None, None));
+}

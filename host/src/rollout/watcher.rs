@@ -127,7 +127,7 @@ mod tests {
         assert_eq!(change("/srv/modules/default.wasm"), Some(Change::Module("default".into())));
         assert_eq!(change("/srv/catalogs/north-america.toml"), Some(Change::Catalog("north-america".into())));
         // Temporary files of an atomic write, cases, routing, other directories.
-        assert_eq!(change("/srv/modules/.publishing-x1y2"), None);
+        assert_eq!(change("/srv/modules/.europe.wasm.x1y2.tmp"), None);
         assert_eq!(change("/srv/modules/europe.cases.json"), None);
         assert_eq!(change("/srv/catalogs/regions.toml"), None);
         assert_eq!(change("/srv/catalogs/europe.wasm"), None);

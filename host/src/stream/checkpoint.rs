@@ -3,7 +3,8 @@
 //! file that survives a crash mid-write.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::fs::{File, TryLockError};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -57,9 +58,43 @@ struct FileFormat {
 /// A JSON file, rewritten whole on every checkpoint: write a temporary file,
 /// fsync it, rename it over the old one, fsync the directory. A crash leaves
 /// either the old or the new file, never a torn one.
+///
+/// One process per file: `<file>.lock` holds an exclusive lock (released by
+/// the kernel when the process ends, however it ends) and the holder's pid.
 pub struct FileCheckpoints {
     path: PathBuf,
     state: Mutex<FileFormat>,
+    _lock: File,
+}
+
+/// Takes the lock beside `path`, or says which process holds it.
+fn lock(path: &Path) -> anyhow::Result<File> {
+    let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+    let mut file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            anyhow::bail!(
+                "{} is in use by another offerd (pid {}, holding {}); one process per checkpoint file",
+                path.display(),
+                holder.trim(),
+                lock_path.display()
+            );
+        }
+        Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", lock_path.display())),
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
 }
 
 impl FileCheckpoints {
@@ -68,6 +103,7 @@ impl FileCheckpoints {
     /// # Errors
     /// The file exists but is unreadable, or belongs to another stream.
     pub fn open(path: &Path, stream: &str) -> anyhow::Result<Self> {
+        let lock = lock(path)?;
         let state = match std::fs::read(path) {
             Ok(bytes) => {
                 let state: FileFormat = serde_json::from_slice(&bytes)
@@ -85,7 +121,7 @@ impl FileCheckpoints {
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        Ok(Self { path: path.to_owned(), state: Mutex::new(state) })
+        Ok(Self { path: path.to_owned(), state: Mutex::new(state), _lock: lock })
     }
 }
 
@@ -100,14 +136,7 @@ impl CheckpointStore for FileCheckpoints {
         let mut state = self.state.lock().expect("checkpoint lock is never held across a panic");
         state.shards.insert(shard_id.to_owned(), checkpoint.as_stored().to_owned());
         let bytes = serde_json::to_vec_pretty(&*state).expect("a map of strings always serialises");
-        let tmp = self.path.with_extension("tmp");
-        let mut file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &self.path).with_context(|| format!("replacing {}", self.path.display()))?;
-        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::File::open(dir)?.sync_all()?;
-        Ok(())
+        crate::atomic_file::write(&self.path, &bytes).with_context(|| format!("writing {}", self.path.display()))
     }
 }
 
@@ -126,12 +155,19 @@ mod tests {
         store.set("shardId-1", &at("50")).unwrap();
         store.set("shardId-0", &at("51")).unwrap();
         store.set("shardId-2", &Checkpoint::ShardEnd).unwrap();
+        // Held: a second opener is refused and told the holder's pid.
+        let err = FileCheckpoints::open(&path, "signups").err().unwrap().to_string();
+        assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
+        drop(store);
         let reopened = FileCheckpoints::open(&path, "signups").unwrap();
         assert_eq!(reopened.get("shardId-0"), Some(at("51")));
         assert_eq!(reopened.get("shardId-1"), Some(at("50")));
         assert_eq!(reopened.get("shardId-2"), Some(Checkpoint::ShardEnd));
+        drop(reopened);
         let err = FileCheckpoints::open(&path, "other").err().unwrap();
         assert!(err.to_string().contains("not \"other\""), "{err}");
-        assert!(!path.with_extension("tmp").exists());
+        let names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "temporary files left: {names:?}");
     }
 }

@@ -4,14 +4,17 @@
 //! # Layout
 //! - [`aws`]: the one place AWS clients are built.
 //! - [`checkpoint`]: the checkpoint-store seam and its crash-safe file store.
-//! - [`sink`]: PutRecords with retry of the failed entries only.
+//! - [`feed`]: how records reach a shard (polling, enhanced fan-out).
+//! - [`sink`]: PutRecords: retry what can succeed, per-key order, refusals.
+//! - `backoff`: the jittered exponential backoff of every retry.
 //! - [`kpl`]: de-aggregation of records packed by the Kinesis Producer Library.
 //! - `shard`: the read–enrich–write–checkpoint loop of one shard, and [`prepare`],
 //!   its per-record work without the network.
 
 pub mod aws;
+mod backoff;
 pub mod checkpoint;
-pub mod fan_out;
+pub mod feed;
 pub mod kpl;
 mod shard;
 pub mod sink;
@@ -28,7 +31,9 @@ use tokio::task::JoinSet;
 
 use crate::enricher::Enricher;
 use crate::metrics::Metrics;
+use backoff::Backoff;
 use checkpoint::{Checkpoint, CheckpointStore};
+use feed::ShardStart;
 use shard::ShardExit;
 pub use shard::{PreparedBatch, prepare};
 
@@ -60,20 +65,39 @@ pub struct RunConfig {
     /// How long a fan-out subscription is used before a fresh one is opened;
     /// the service ends each after 5 minutes.
     pub resubscribe_after: Duration,
+    /// KPL aggregates of more user records are dead-lettered whole.
+    pub max_aggregate_records: usize,
+    /// How long throttled or failing writes of a batch are retried before
+    /// its shard restarts from the checkpoint.
+    pub put_retry_budget: Duration,
 }
 
 /// How often the shard list is read again, to pick up shards created by resharding.
 const RELIST_EVERY: Duration = Duration::from_secs(10);
-/// Pause before a failed shard is started again from its checkpoint.
+/// Pause before a failed shard is started again from its checkpoint; it
+/// doubles (with jitter) on each failure in a row, up to [`MAX_RESTART_AFTER`].
 const RESTART_AFTER: Duration = Duration::from_secs(1);
+const MAX_RESTART_AFTER: Duration = Duration::from_secs(120);
+/// A shard that ran this long before failing starts its backoff afresh.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+/// A shard that failed: when it may start again, and how long the pause
+/// after its next failure will be.
+struct Failed {
+    restart_at: Instant,
+    backoff: Backoff,
+}
 
 /// Runs until `shutdown` turns true, then lets every shard finish its batch,
 /// write and checkpoint, and returns.
 ///
 /// Shards are read concurrently. A child shard (from a split or merge) starts
 /// only once its parents are drained and checkpointed at their end, so the
-/// records of one partition key keep their order across resharding. A shard
-/// task that fails is restarted from its checkpoint.
+/// records of one partition key keep their order across resharding, and
+/// reads from its first record: only shards listed at start-up, whose
+/// parents have no checkpoint, start at `config.start_at`. A shard task that
+/// fails is restarted from its checkpoint after a pause that grows with each
+/// failure in a row.
 ///
 /// # Errors
 /// A stream does not exist or cannot be reached at start-up.
@@ -98,81 +122,125 @@ pub async fn run(
             .with_context(|| format!("checking the {what} stream {stream:?}"))?;
     }
     let consumer_arn: Option<Arc<str>> = match &config.consumer_name {
-        Some(name) => Some(fan_out::consumer_arn(&client, &config.input_stream, name).await?.into()),
+        Some(name) => Some(feed::fan_out::consumer_arn(&client, &config.input_stream, name).await?.into()),
         None => None,
     };
+    let sink: Arc<dyn sink::RecordSink> = Arc::new(sink::KinesisSink { client: client.clone() });
+    // Shards listed at start-up: the only ones `start_at` applies to.
+    let initial: HashSet<String> = shards.iter().map(|s| s.shard_id().to_owned()).collect();
     let mut tasks: JoinSet<(String, anyhow::Result<ShardExit>)> = JoinSet::new();
-    let mut running: HashSet<String> = HashSet::new();
+    let mut running: HashMap<String, Instant> = HashMap::new();
     let mut drained: HashSet<String> = HashSet::new();
-    // Shards that failed, and when they may start again.
-    let mut failed: HashMap<String, Instant> = HashMap::new();
+    let mut failed: HashMap<String, Failed> = HashMap::new();
     let mut next_list = Instant::now() + RELIST_EVERY;
     // A reader that returns at shutdown must not be started again.
     while !*shutdown.borrow() {
         let listed: HashSet<&str> = shards.iter().map(|s| s.shard_id()).collect();
         for shard in &shards {
             let id = shard.shard_id();
-            if running.contains(id) || drained.contains(id) || failed.get(id).is_some_and(|at| Instant::now() < *at) {
+            if running.contains_key(id)
+                || drained.contains(id)
+                || failed.get(id).is_some_and(|f| Instant::now() < f.restart_at)
+            {
                 continue;
             }
             if store.get(id) == Some(Checkpoint::ShardEnd) {
                 drained.insert(id.to_owned());
                 continue;
             }
+            let parents: Vec<&str> =
+                [shard.parent_shard_id(), shard.adjacent_parent_shard_id()].into_iter().flatten().collect();
             // A parent no longer listed has aged out of retention: nothing to wait for.
-            let waiting_for = [shard.parent_shard_id(), shard.adjacent_parent_shard_id()]
-                .into_iter()
-                .flatten()
-                .find(|p| listed.contains(p) && !drained.contains(*p));
-            if let Some(parent) = waiting_for {
+            if let Some(parent) = parents.iter().find(|p| listed.contains(**p) && !drained.contains(**p)) {
                 tracing::debug!(shard_id = id, parent, "waiting for the parent shard to drain");
                 continue;
             }
-            tracing::info!(shard_id = id, "consuming shard");
-            let reader = shard::ShardReader {
-                client: client.clone(),
-                config: config.clone(),
-                enricher: enricher.clone(),
-                store: store.clone(),
-                metrics: metrics.clone(),
-                shard_id: id.to_owned(),
-                consumer_arn: consumer_arn.clone(),
-                shutdown: shutdown.clone(),
+            let start_at = if initial.contains(id) && parents.iter().all(|p| store.get(p).is_none()) {
+                config.start_at
+            } else {
+                StartAt::TrimHorizon
             };
+            tracing::info!(shard_id = id, ?start_at, "consuming shard");
+            let start = ShardStart { store: store.clone(), shard_id: id.to_owned(), start_at };
+            let (client, config, enricher, store, metrics, sink, shutdown, consumer_arn) = (
+                client.clone(),
+                config.clone(),
+                enricher.clone(),
+                store.clone(),
+                metrics.clone(),
+                sink.clone(),
+                shutdown.clone(),
+                consumer_arn.clone(),
+            );
             let shard_id = id.to_owned();
-            metrics.shard_started();
-            tasks.spawn(async move { (shard_id, reader.run().await) });
-            running.insert(id.to_owned());
+            metrics.shard_started(id);
+            tasks.spawn(async move {
+                let feed: Box<dyn feed::Feed> = match consumer_arn {
+                    None => match feed::polling::Polling::open(client, config.input_stream.clone(), start).await {
+                        Ok(polling) => Box::new(polling),
+                        Err(e) => return (shard_id, Err(e)),
+                    },
+                    Some(arn) => Box::new(feed::fan_out::FanOut::new(
+                        client,
+                        config.input_stream.clone(),
+                        arn,
+                        start,
+                        metrics.clone(),
+                        config.resubscribe_after,
+                    )),
+                };
+                let reader =
+                    shard::ShardReader { sink, config, enricher, store, metrics, shard_id: shard_id.clone(), shutdown };
+                (shard_id, reader.run(feed).await)
+            });
+            running.insert(id.to_owned(), Instant::now());
         }
         metrics.set_ready(true);
         tokio::select! {
             _ = tokio::time::sleep_until(next_list.into()) => {}
             Some(joined) = tasks.join_next() => {
                 let (shard_id, result) = joined.context("a shard task panicked")?;
-                running.remove(&shard_id);
+                let ran = running.remove(&shard_id).map_or(Duration::ZERO, |at| at.elapsed());
                 metrics.shard_stopped(&shard_id);
                 match result {
                     Ok(ShardExit::Drained) => {
+                        failed.remove(&shard_id);
                         drained.insert(shard_id);
                         // Its children can start now, not at the next periodic listing.
                         next_list = Instant::now();
                     }
                     Ok(ShardExit::Stopped) => {}
                     Err(e) => {
-                        tracing::error!(shard_id, error = %format!("{e:#}"), "shard failed; restarting it from its checkpoint");
-                        failed.insert(shard_id, Instant::now() + RESTART_AFTER);
-                        next_list = next_list.min(Instant::now() + RESTART_AFTER);
+                        let entry = failed.entry(shard_id.clone()).or_insert_with(|| Failed {
+                            restart_at: Instant::now(),
+                            backoff: Backoff::new(RESTART_AFTER, MAX_RESTART_AFTER),
+                        });
+                        if ran >= HEALTHY_RUN {
+                            entry.backoff.reset();
+                        }
+                        let pause = entry.backoff.next_delay();
+                        entry.restart_at = Instant::now() + pause;
+                        metrics.shard_failed(&shard_id);
+                        tracing::error!(
+                            shard_id,
+                            error = %format!("{e:#}"),
+                            restart_in = ?pause,
+                            "shard failed; restarting it from its checkpoint"
+                        );
+                        next_list = next_list.min(entry.restart_at);
                     }
                 }
                 continue;
             }
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
-        match list_shards(&client, &config.input_stream).await {
-            Ok(fresh) => shards = fresh,
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "listing shards failed; keeping the last list"),
+        if Instant::now() >= next_list {
+            match list_shards(&client, &config.input_stream).await {
+                Ok(fresh) => shards = fresh,
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "listing shards failed; keeping the last list"),
+            }
+            next_list = Instant::now() + RELIST_EVERY;
         }
-        next_list = Instant::now() + RELIST_EVERY;
     }
     metrics.set_ready(false);
     while let Some(joined) = tasks.join_next().await {

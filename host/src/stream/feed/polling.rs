@@ -1,0 +1,103 @@
+//! Polling: GetRecords on a shard iterator, at most five calls a second.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::error::ProvideErrorMetadata;
+
+use super::{BoxFuture, Feed, Position, Read, ShardStart};
+use crate::stream::backoff::Backoff;
+
+/// Kinesis allows five GetRecords calls per second per shard.
+const MIN_CALL_INTERVAL: Duration = Duration::from_millis(200);
+/// Pause after an empty read: bounds the put → output latency when idle.
+const IDLE_PAUSE: Duration = Duration::from_millis(250);
+
+pub struct Polling {
+    client: Client,
+    stream: String,
+    start: ShardStart,
+    iterator: String,
+    next_call: Instant,
+    backoff: Backoff,
+}
+
+impl Polling {
+    /// # Errors
+    /// No iterator for the shard's start position.
+    pub async fn open(client: Client, stream: String, start: ShardStart) -> anyhow::Result<Self> {
+        let iterator = iterator(&client, &stream, &start).await?;
+        Ok(Self {
+            client,
+            stream,
+            start,
+            iterator,
+            next_call: Instant::now(),
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+        })
+    }
+}
+
+/// A shard iterator at [`ShardStart::position`].
+async fn iterator(client: &Client, stream: &str, start: &ShardStart) -> anyhow::Result<String> {
+    let position = start.position()?;
+    let mut request = client
+        .get_shard_iterator()
+        .stream_name(stream)
+        .shard_id(&start.shard_id)
+        .shard_iterator_type(position.iterator_type());
+    match position {
+        Position::After(seq) => request = request.starting_sequence_number(seq),
+        Position::Timestamp(t) => request = request.timestamp(t.into()),
+        Position::TrimHorizon | Position::Latest => {}
+    }
+    let out = request
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!(crate::stream::aws::explain(&e)))
+        .with_context(|| format!("getting an iterator for {}", start.shard_id))?;
+    out.shard_iterator().map(str::to_owned).context("GetShardIterator returned no iterator")
+}
+
+impl Feed for Polling {
+    fn read<'a>(&'a mut self, room: usize, woken: BoxFuture<'a, ()>) -> BoxFuture<'a, anyhow::Result<Read>> {
+        Box::pin(async move {
+            tokio::select! {
+                () = tokio::time::sleep_until(self.next_call.into()) => {}
+                () = woken => return Ok(Read::Nothing),
+            }
+            let started = Instant::now();
+            let request = self.client.get_records().shard_iterator(&self.iterator).limit(room as i32);
+            match request.send().await {
+                Ok(mut out) => {
+                    self.backoff.reset();
+                    let records = std::mem::take(&mut out.records);
+                    self.next_call = started + if records.is_empty() { IDLE_PAUSE } else { MIN_CALL_INTERVAL };
+                    let closed = match out.next_shard_iterator {
+                        Some(next) => {
+                            self.iterator = next;
+                            false
+                        }
+                        None => true,
+                    };
+                    Ok(Read::Records { records, millis_behind_latest: out.millis_behind_latest, closed })
+                }
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_expired_iterator_exception()) => {
+                    tracing::info!(shard_id = self.start.shard_id, "iterator expired; renewing from the checkpoint");
+                    self.iterator = iterator(&self.client, &self.stream, &self.start).await?;
+                    Ok(Read::Rewound)
+                }
+                Err(e) if super::is_fatal(e.code()) => {
+                    anyhow::bail!("reading {}: {}", self.start.shard_id, crate::stream::aws::explain(&e))
+                }
+                Err(e) => {
+                    let error = crate::stream::aws::explain(&e);
+                    tracing::warn!(shard_id = self.start.shard_id, %error, "GetRecords failed; backing off");
+                    self.backoff.sleep().await;
+                    Ok(Read::Nothing)
+                }
+            }
+        })
+    }
+}

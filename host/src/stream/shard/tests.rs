@@ -1,0 +1,178 @@
+//! The shard loop against a scripted feed and a fake sink: hostile records
+//! and refused writes never stop a shard; writes that can never succeed
+//! stop it without a checkpoint.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use aws_sdk_kinesis::primitives::Blob;
+use serde_json::Value;
+
+use super::*;
+use crate::catalog::Catalogs;
+use crate::module_store::LoadedRules;
+use crate::stream::StartAt;
+use crate::stream::feed::BoxFuture;
+use crate::stream::sink::PutFailure;
+use crate::stream::sink::tests::FakeSink;
+
+/// Hands out scripted reads, then reports the shard closed.
+struct ScriptedFeed(VecDeque<Vec<Record>>);
+
+impl Feed for ScriptedFeed {
+    fn read<'a>(&'a mut self, _room: usize, _woken: BoxFuture<'a, ()>) -> BoxFuture<'a, anyhow::Result<Read>> {
+        Box::pin(async move {
+            let records = self.0.pop_front().unwrap_or_default();
+            let closed = self.0.is_empty();
+            Ok(Read::Records { records, millis_behind_latest: Some(0), closed })
+        })
+    }
+}
+
+#[derive(Default)]
+struct MemoryCheckpoints(Mutex<HashMap<String, Checkpoint>>);
+
+impl CheckpointStore for MemoryCheckpoints {
+    fn get(&self, shard_id: &str) -> Option<Checkpoint> {
+        self.0.lock().unwrap().get(shard_id).cloned()
+    }
+
+    fn set(&self, shard_id: &str, checkpoint: &Checkpoint) -> anyhow::Result<()> {
+        self.0.lock().unwrap().insert(shard_id.to_owned(), checkpoint.clone());
+        Ok(())
+    }
+}
+
+fn record(seq: u64, key: &str, data: impl Into<Vec<u8>>) -> Record {
+    Record::builder()
+        .sequence_number(format!("{seq:020}"))
+        .partition_key(key)
+        .data(Blob::new(data.into()))
+        .build()
+        .unwrap()
+}
+
+/// Regions from the repository's catalogs, none with a module: every
+/// record becomes a dead letter, which is all these tests need.
+fn enricher() -> Arc<Enricher> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../catalogs");
+    let catalogs = Arc::new(Catalogs::load(&dir).unwrap());
+    let unserved = catalogs.regions().map(|c| (c.region.clone(), "no module in this test".to_owned())).collect();
+    Arc::new(Enricher::new(catalogs, LoadedRules { rules: HashMap::new(), unserved }))
+}
+
+struct Run {
+    result: anyhow::Result<ShardExit>,
+    store: Arc<MemoryCheckpoints>,
+    sink: Arc<FakeSink>,
+}
+
+async fn run(reads: Vec<Vec<Record>>, sink: FakeSink) -> Run {
+    let store = Arc::new(MemoryCheckpoints::default());
+    let sink = Arc::new(sink);
+    let (_stop, shutdown) = watch::channel(false);
+    let reader = ShardReader {
+        sink: sink.clone(),
+        config: Arc::new(RunConfig {
+            input_stream: "in".into(),
+            output_stream: "out".into(),
+            dead_letter_stream: "dlq".into(),
+            start_at: StartAt::TrimHorizon,
+            batch_size: 500,
+            batch_window: Duration::ZERO,
+            consumer_name: None,
+            resubscribe_after: Duration::from_secs(290),
+            max_aggregate_records: kpl::DEFAULT_MAX_RECORDS,
+            put_retry_budget: Duration::from_secs(5),
+        }),
+        enricher: enricher(),
+        store: store.clone(),
+        metrics: Arc::new(Metrics::default()),
+        shard_id: "shardId-000000000000".into(),
+        shutdown,
+    };
+    Run { result: reader.run(Box::new(ScriptedFeed(reads.into()))).await, store, sink }
+}
+
+fn letters(sink: &FakeSink) -> Vec<Value> {
+    let landed = sink.landed.lock().unwrap();
+    landed.iter().filter(|(s, ..)| s == "dlq").map(|(_, _, d)| serde_json::from_slice(d).unwrap()).collect()
+}
+
+fn signup(user: &str) -> String {
+    format!(r#"{{"user_id": "{user}", "location": {{"country": "DE"}}}}"#)
+}
+
+/// The record the issue found stalling a shard: a 1,000,000-byte line of
+/// invalid UTF-8, between good ones. Its dead letter fits Kinesis's limit
+/// and names where the whole record is; the shard goes on to its end.
+#[tokio::test(start_paused = true)]
+async fn a_megabyte_of_invalid_utf8_is_one_bounded_dead_letter() {
+    let huge = vec![0xff; 1_000_000];
+    let reads = vec![vec![record(1, "a", signup("a")), record(2, "b", huge), record(3, "c", signup("c"))]];
+    let run = run(reads, FakeSink::default()).await;
+    assert_eq!(run.result.unwrap(), ShardExit::Drained);
+    let letters = letters(&run.sink);
+    assert_eq!(letters.len(), 3);
+    let big = &letters[1];
+    assert_eq!(big["reason"], "invalid-record");
+    assert_eq!((big["input_truncated"].as_bool(), big["input_bytes"].as_u64()), (Some(true), Some(1_000_000)));
+    assert_eq!(big["source"]["sequence_number"], format!("{:020}", 2));
+    assert_eq!(big["source"]["shard_id"], "shardId-000000000000");
+    assert_eq!(run.store.get("shardId-000000000000"), Some(Checkpoint::ShardEnd));
+}
+
+/// An entry Kinesis refuses for good becomes a small output-rejected dead
+/// letter naming its source; the batch is checkpointed and the shard goes on.
+#[tokio::test(start_paused = true)]
+async fn a_refused_write_becomes_an_output_rejected_letter_and_the_shard_goes_on() {
+    let sink = FakeSink {
+        entry_fault: Some(Box::new(|_, data| {
+            (data.contains("refuse-me") && !data.contains("output-rejected"))
+                .then(|| PutFailure::Reject("InvalidArgumentException: no".into()))
+        })),
+        ..FakeSink::default()
+    };
+    let reads =
+        vec![vec![record(1, "a", signup("a")), record(2, "b", signup("refuse-me"))], vec![record(3, "c", signup("c"))]];
+    let run = run(reads, sink).await;
+    assert_eq!(run.result.unwrap(), ShardExit::Drained);
+    let letters = letters(&run.sink);
+    let reasons: Vec<&str> = letters.iter().map(|l| l["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons, ["unknown-region", "output-rejected", "unknown-region"]);
+    let rejected = &letters[1];
+    assert!(rejected["detail"].as_str().unwrap().contains("InvalidArgumentException"), "{rejected}");
+    assert_eq!(rejected["source"]["sequence_number"], format!("{:020}", 2));
+    assert_eq!(run.store.get("shardId-000000000000"), Some(Checkpoint::ShardEnd));
+}
+
+/// A write that can never succeed (the stream is gone) stops the shard with
+/// an error and leaves the batch uncheckpointed, to be read again.
+#[tokio::test(start_paused = true)]
+async fn a_fatal_write_stops_the_shard_without_a_checkpoint() {
+    let sink = FakeSink {
+        call_fault: Some(Box::new(|_, _| Some(PutFailure::Fatal("ResourceNotFoundException: gone".into())))),
+        ..FakeSink::default()
+    };
+    let run = run(vec![vec![record(1, "a", signup("a"))]], sink).await;
+    let err = run.result.unwrap_err();
+    assert!(format!("{err:#}").contains("ResourceNotFoundException"), "{err:#}");
+    assert_eq!(run.store.get("shardId-000000000000"), None);
+    assert_eq!(run.sink.calls.lock().unwrap().len(), 1, "no retry of what cannot succeed");
+}
+
+/// The aggregate that drove offerd past 2 GiB (a 300,000-character key
+/// shared by 80,000 empty records) is one dead letter.
+#[tokio::test(start_paused = true)]
+async fn a_hostile_aggregate_is_one_dead_letter() {
+    let key = "k".repeat(300_000);
+    let users = vec![kpl::UserRecord { partition_key: &key, data: b"" }; 80_000];
+    let packed = kpl::aggregate(&users);
+    let run = run(vec![vec![record(1, "agg", packed), record(2, "a", signup("a"))]], FakeSink::default()).await;
+    assert_eq!(run.result.unwrap(), ShardExit::Drained);
+    let letters = letters(&run.sink);
+    assert_eq!(letters.len(), 2);
+    assert!(letters[0]["detail"].as_str().unwrap().contains("300000 characters"), "{}", letters[0]);
+    assert_eq!(letters[0]["input_truncated"], true);
+}
