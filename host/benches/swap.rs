@@ -17,7 +17,7 @@ use offerd::catalog::Catalogs;
 use offerd::engine::{Engine, Limits};
 use offerd::enricher::{Enricher, Outcome};
 use offerd::metrics::Metrics;
-use offerd::module_store;
+use offerd::module_store::ModuleStore;
 use offerd::rollout::{Origin, Rollout};
 
 const PUBLISHES: usize = 20;
@@ -32,8 +32,13 @@ fn main() -> anyhow::Result<()> {
     let store = tempfile::tempdir()?;
     let v1 = xtask::build_component("offer-rules")?;
     std::fs::write(store.path().join("default.wasm"), &v1)?;
-    let enricher = Arc::new(Enricher::new(catalogs.clone(), module_store::load(&engine, store.path(), &catalogs)?));
-    let rollout = Rollout::new(engine, store.path(), &catalogs_dir, enricher.clone(), Arc::new(Metrics::default()));
+    let (enricher, rollout) = Rollout::start(
+        engine,
+        ModuleStore::open(store.path())?,
+        &catalogs_dir,
+        catalogs.clone(),
+        Arc::new(Metrics::default()),
+    )?;
 
     let mut generator = xtask::signups::Generator::new(&root.join("catalogs/geonames/cities15000.csv"), 11)?;
     let europe: Vec<String> = sign_ups_in(&mut generator, &catalogs, "europe");

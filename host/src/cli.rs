@@ -15,6 +15,7 @@ use crate::catalog::Catalogs;
 use crate::engine::{Engine, Limits, RegionRules, RuleModule};
 use crate::enricher::{Enricher, Outcome};
 use crate::metrics::{self, Metrics};
+use crate::module_store::ModuleStore;
 use crate::rollout::{self, Rollout};
 use crate::stream::checkpoint::{CheckpointStore, FileCheckpoints};
 use crate::{admin, golden, module_store, stream};
@@ -261,12 +262,11 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     );
     let catalogs = Arc::new(Catalogs::load(&settings.catalogs)?);
     let engine = args.limits.engine()?;
-    let enricher =
-        Arc::new(Enricher::new(catalogs.clone(), module_store::load(&engine, &settings.modules, &catalogs)?));
     let admin_token = settings.admin_token_file.as_deref().map(admin::read_token).transpose()?;
     let metrics = Arc::new(Metrics::new(settings.stall_after));
-    let rollout =
-        Arc::new(Rollout::new(engine, &settings.modules, &settings.catalogs, enricher.clone(), metrics.clone()));
+    let modules = ModuleStore::open(&settings.modules)?;
+    let (enricher, rollout) = Rollout::start(engine, modules, &settings.catalogs, catalogs, metrics.clone())?;
+    let rollout = Arc::new(rollout);
     let _watcher = rollout::watcher::start(rollout.clone())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async move {

@@ -8,7 +8,7 @@
 
 pub mod watcher;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -21,7 +21,7 @@ use crate::engine::{Engine, FailureKind, ModuleError, RegionRules, RuleModule, d
 use crate::enricher::{Active, Enricher, Serving};
 use crate::golden::{self, Case};
 use crate::metrics::Metrics;
-use crate::module_store;
+use crate::module_store::{self, LoadedRules, ModuleStore};
 use crate::signup::SignUp;
 
 /// Why a module or catalog was not activated.
@@ -58,7 +58,18 @@ pub fn gate(
     catalog: Arc<RegionCatalog>,
     cases: &[(PathBuf, Case)],
 ) -> Result<RegionRules, Refused> {
-    let module = Arc::new(RuleModule::load(engine, bytes)?);
+    gate_module(Arc::new(RuleModule::load(engine, bytes)?), catalog, cases)
+}
+
+/// [`gate`] for a module already compiled.
+///
+/// # Errors
+/// The first check that fails.
+pub fn gate_module(
+    module: Arc<RuleModule>,
+    catalog: Arc<RegionCatalog>,
+    cases: &[(PathBuf, Case)],
+) -> Result<RegionRules, Refused> {
     let rules = RegionRules::new(module, catalog)?;
     let failures: Vec<String> = golden::run(&rules, cases)
         .into_iter()
@@ -109,6 +120,8 @@ pub enum Origin {
     Catalog,
     AdminApi,
     Rollback,
+    /// What the store held when offerd started.
+    StartUp,
 }
 
 /// A publication that was refused.
@@ -173,7 +186,7 @@ struct History {
 /// Owns roll-out for every region of one running enricher.
 pub struct Rollout {
     engine: Engine,
-    modules: PathBuf,
+    store: ModuleStore,
     catalogs: PathBuf,
     enricher: Arc<Enricher>,
     metrics: Arc<Metrics>,
@@ -187,31 +200,124 @@ pub struct Rollout {
 }
 
 impl Rollout {
-    pub fn new(
+    /// Decides what serves each region and builds the enricher on it: the
+    /// published module if it passes the same gate as a publication (golden
+    /// cases and smoke batch included); if it is refused (a publication
+    /// refused while running and left on disk, say), the module that served
+    /// before the restart, gated too; else nothing, and the region's records
+    /// are dead-lettered. The version rollback returns to comes back as well.
+    /// Each distinct module compiles once.
+    ///
+    /// # Errors
+    /// No region ends up with rules.
+    pub fn start(
         engine: Engine,
-        modules: &Path,
-        catalogs: &Path,
-        enricher: Arc<Enricher>,
+        store: ModuleStore,
+        catalogs_dir: &Path,
+        catalogs: Arc<Catalogs>,
         metrics: Arc<Metrics>,
-    ) -> Self {
-        let mut history = HashMap::new();
-        for region in enricher.region_names() {
-            let current_bytes =
-                module_store::module_path(modules, region).and_then(|p| std::fs::read(p).ok()).map(Arc::from);
-            if let Some(active) = enricher.active(region) {
-                metrics.module_active(region, active.rules.module().info(), true);
+    ) -> anyhow::Result<(Arc<Enricher>, Self)> {
+        module_store::warn_of_strays(&store, &catalogs);
+        let mut compiled: HashMap<String, Arc<RuleModule>> = HashMap::new();
+        let mut compile = |bytes: &[u8]| -> Result<Arc<RuleModule>, Refused> {
+            let digest = digest(bytes);
+            if let Some(module) = compiled.get(&digest) {
+                return Ok(module.clone());
             }
-            history.insert(region.to_owned(), History { current_bytes, ..History::default() });
+            let module = Arc::new(RuleModule::load(&engine, bytes)?);
+            compiled.insert(digest, module.clone());
+            Ok(module)
+        };
+        let mut loaded = LoadedRules { rules: HashMap::new(), unserved: BTreeMap::new() };
+        let mut history: HashMap<String, History> = HashMap::new();
+        for catalog in catalogs.regions() {
+            let region = catalog.region.as_str();
+            let catalog = Arc::new(catalog.clone());
+            let module_store::Remembered { serving: remembered, previous } = store.remembered(region);
+            let cases = load_cases(&store, region);
+            let mut entry = History::default();
+            let mut chosen: Option<(RegionRules, Arc<[u8]>)> = None;
+            if let Some(path) = store.published(region) {
+                let gated = std::fs::read(&path)
+                    .map_err(|e| Refused::Io(format!("reading {}: {e}", path.display())))
+                    .and_then(|bytes| {
+                        let bytes: Arc<[u8]> = bytes.into();
+                        let cases = cases.as_ref().map_err(|e| Refused::Io(e.to_string()))?;
+                        Ok((gate_module(compile(&bytes)?, catalog.clone(), cases)?, bytes))
+                    });
+                match gated {
+                    Ok(pair) => chosen = Some(pair),
+                    Err(refused) => {
+                        let reason = refused.to_string();
+                        tracing::error!(region, file = %path.display(), %reason, "published module refused at start-up");
+                        metrics.reload(region, false);
+                        let digest = std::fs::read(&path).ok().map(|b| digest(&b));
+                        entry.last_refusal =
+                            Some(Refusal { at: SystemTime::now().into(), origin: Origin::StartUp, digest, reason });
+                    }
+                }
+            }
+            if chosen.is_none()
+                && let Some(bytes) = remembered.clone()
+            {
+                // Serving before the restart, so its old cases passed; the
+                // cases on disk may be for the refused module: not gated on them.
+                match compile(&bytes).and_then(|m| gate_module(m, catalog.clone(), &[])) {
+                    Ok(rules) => {
+                        tracing::warn!(region, "serving the module that served before the restart");
+                        chosen = Some((rules, bytes));
+                    }
+                    Err(refused) => {
+                        tracing::error!(region, reason = %refused, "the module that served before is refused too")
+                    }
+                }
+            }
+            let Some((rules, bytes)) = chosen else {
+                let why = entry.last_refusal.as_ref().map_or_else(
+                    || {
+                        format!(
+                            "no {region}.wasm or {}.wasm in {}",
+                            module_store::DEFAULT_MODULE,
+                            store.dir().display()
+                        )
+                    },
+                    |r| r.reason.clone(),
+                );
+                loaded.unserved.insert(region.to_owned(), why);
+                history.insert(region.to_owned(), entry);
+                continue;
+            };
+            // The version rollback returns to: kept if this one served
+            // before, else the one this replaces.
+            let same = remembered.as_deref().is_some_and(|r| digest(r) == digest(&bytes));
+            let previous = if same { previous } else { remembered };
+            if let Err(e) = store.remember(region, &bytes, previous.as_deref()) {
+                tracing::error!(region, error = %e, "cannot remember the serving module; a restart may serve another");
+            }
+            entry.previous = previous.and_then(|bytes| {
+                let rules = compile(&bytes).ok().and_then(|m| RegionRules::new(m, catalog.clone()).ok())?;
+                rules.trim(1);
+                Some(Version { active: Arc::new(Active::new(Arc::new(rules))), bytes })
+            });
+            let info = rules.module().info();
+            tracing::info!(region, module = %info.name, version = %info.version, digest = %info.digest, "rules loaded");
+            metrics.module_active(region, info, true);
+            entry.current_bytes = Some(bytes);
+            loaded.rules.insert(region.to_owned(), Arc::new(rules));
+            history.insert(region.to_owned(), entry);
         }
-        Self {
+        module_store::ensure_some_rules(&loaded, store.dir())?;
+        let enricher = Arc::new(Enricher::new(catalogs, loaded));
+        let rollout = Self {
             engine,
-            modules: modules.to_owned(),
-            catalogs: catalogs.to_owned(),
-            enricher,
+            store,
+            catalogs: catalogs_dir.to_owned(),
+            enricher: enricher.clone(),
             metrics,
             history: Mutex::new(history),
             gating: Mutex::new(()),
-        }
+        };
+        Ok((enricher, rollout))
     }
 
     pub fn region_names(&self) -> Vec<String> {
@@ -224,7 +330,7 @@ impl Rollout {
     }
 
     pub fn modules_dir(&self) -> &Path {
-        &self.modules
+        self.store.dir()
     }
 
     pub fn catalogs_dir(&self) -> &Path {
@@ -253,7 +359,9 @@ impl Rollout {
         let bytes: Arc<[u8]> = bytes.into();
         let result = self.gated(region, &bytes, None).and_then(|rules| {
             if origin == Origin::AdminApi {
-                write_atomically(&self.modules.join(format!("{region}.wasm")), &bytes)?;
+                self.store
+                    .install(region, &bytes)
+                    .map_err(|e| Refused::Io(format!("installing {region}.wasm: {e}")))?;
             }
             Ok(rules)
         });
@@ -301,8 +409,10 @@ impl Rollout {
     /// # Errors
     /// As [`Self::publish`].
     pub fn reload_module(&self, region: &str) -> Result<Arc<Active>, Refused> {
-        let path = module_store::module_path(&self.modules, region)
-            .ok_or_else(|| Refused::Io(format!("no module for {region} in {}", self.modules.display())))?;
+        let path = self
+            .store
+            .published(region)
+            .ok_or_else(|| Refused::Io(format!("no module for {region} in {}", self.store.dir().display())))?;
         let bytes = std::fs::read(&path).map_err(|e| Refused::Io(format!("reading {}: {e}", path.display())))?;
         self.publish(region, bytes, Origin::ModuleStore)
     }
@@ -320,9 +430,9 @@ impl Rollout {
         let Some(previous) = entry.previous.take() else {
             return Err(Refused::NothingToRollBack(region.to_owned()));
         };
-        if let Err(e) = write_atomically(&self.modules.join(format!("{region}.wasm")), &previous.bytes) {
+        if let Err(e) = self.store.install(region, &previous.bytes) {
             entry.previous = Some(previous);
-            return Err(e);
+            return Err(Refused::Io(format!("installing {region}.wasm: {e}")));
         }
         let rules = previous.active.rules.clone();
         Ok(self.activate(region, entry, Arc::new(Active::new(rules)), previous.bytes, Origin::Rollback))
@@ -364,13 +474,7 @@ impl Rollout {
             (None, Some(active)) => active.rules.catalog().clone(),
             (None, None) => Arc::new(Catalogs::load_region_file(&self.catalogs.join(format!("{region}.toml")))?),
         };
-        let cases_file = cases_path(&self.modules, region);
-        let cases = if cases_file.is_file() {
-            golden::load(std::slice::from_ref(&cases_file))
-                .map_err(|e| Refused::Cases { file: cases_file.clone(), reason: format!("{e:#}") })?
-        } else {
-            Vec::new()
-        };
+        let cases = load_cases(&self.store, region)?;
         gate(&self.engine, bytes, catalog, &cases)
     }
 
@@ -391,6 +495,9 @@ impl Rollout {
                 old.rules.trim(1);
                 entry.previous = Some(Version { active: old.clone(), bytes: old_bytes });
             }
+        }
+        if let Err(e) = self.store.remember(region, &bytes, entry.previous.as_ref().map(|p| &*p.bytes)) {
+            tracing::error!(region, error = %e, "cannot remember the serving module; a restart may serve another");
         }
         entry.current_bytes = Some(bytes);
         self.metrics.module_active(region, info, true);
@@ -415,16 +522,11 @@ impl Rollout {
     }
 }
 
-/// The golden cases a module store holds for `region`, gated on every publication.
-pub fn cases_path(modules: &Path, region: &str) -> PathBuf {
-    modules.join(format!("{region}.cases.json"))
-}
-
-/// Write to a temporary file beside `path`, fsync, rename: a reader (or the
-/// watcher) sees the old file or the whole new one, never a part.
-///
-/// # Errors
-/// Any I/O failure, naming the file.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Refused> {
-    crate::atomic_file::write(path, bytes).map_err(|e| Refused::Io(format!("writing {}: {e}", path.display())))
+/// The region's golden cases from the store, none if it has no cases file.
+fn load_cases(store: &ModuleStore, region: &str) -> Result<Vec<(PathBuf, Case)>, Refused> {
+    let file = store.cases_file(region);
+    if !file.is_file() {
+        return Ok(Vec::new());
+    }
+    golden::load(std::slice::from_ref(&file)).map_err(|e| Refused::Cases { file, reason: format!("{e:#}") })
 }

@@ -308,3 +308,46 @@ async fn watched_store_refuses_failing_cases_and_applies_a_catalog_change_to_its
     assert!(us_after.len() == 4 && us_after.iter().all(|n| *n == 1), "{us_after:?}");
     assert_eq!(de_before, de_after, "europe's offers did not change");
 }
+
+/// A restart serves what was serving: v2, published through the API, keeps
+/// serving europe after a restart although a module that fails the gate was
+/// left on disk as `europe.wasm`; the refusal is visible, and rollback to v1
+/// still works after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_serves_what_was_serving_and_can_still_roll_back() {
+    let k = Kinesis::new().await;
+    let s = streams(&k, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with("reference");
+    let admin = free_addr();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let checkpoints = dir.path().join("checkpoints.json");
+    let args = ["--admin-addr", admin.as_str(), "--admin-token-file", token_file.to_str().unwrap()];
+    let (v1, v2) = (digest_of(&offerd_tests::component("reference")), digest_of(&offerd_tests::component("misbehave")));
+
+    let child = k.offerd_with(&s, &checkpoints, store.path(), &catalogs(), &args);
+    wait_for_admin(&admin);
+    let v2_bytes = std::fs::read(offerd_tests::component("misbehave")).unwrap();
+    let (status, body) = http(&admin, "PUT", "/v1/regions/europe/module", Some(TOKEN), &v2_bytes);
+    assert_eq!(status, 200, "{body}");
+    child.stop();
+
+    // Left on disk: a module that cannot pass the gate.
+    std::fs::write(store.path().join("europe.wasm"), b"\0asm broken").unwrap();
+    let child = k.offerd_with(&s, &checkpoints, store.path(), &catalogs(), &args);
+    wait_for_admin(&admin);
+    let europe = region_status(&admin, "europe");
+    assert_eq!(europe["active"]["digest"], v2, "{europe}");
+    assert_eq!(europe["previous"]["digest"], v1, "{europe}");
+    assert_eq!(europe["last_refusal"]["origin"], "start-up", "{europe}");
+    k.put(&s.input, &round(0)).await;
+    let (offers, _) = k.wait_for(&s.output, &s.dlq, 8).await;
+    assert!(offers.iter().filter(|o| o["region"] == "europe").all(|o| o["rule"]["digest"] == v2));
+
+    let (status, body) = http(&admin, "POST", "/v1/regions/europe/rollback", Some(TOKEN), b"");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(region_status(&admin, "europe")["active"]["digest"], v1);
+    assert_eq!(digest_of(&store.path().join("europe.wasm")), v1, "installed for the next restart");
+    child.stop();
+}

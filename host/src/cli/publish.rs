@@ -14,7 +14,8 @@ use hyper_util::rt::TokioIo;
 
 use super::LimitArgs;
 use crate::catalog::Catalogs;
-use crate::rollout::{self, write_atomically};
+use crate::module_store::ModuleStore;
+use crate::rollout;
 use crate::{admin, golden};
 
 #[derive(Args)]
@@ -79,14 +80,16 @@ pub(super) fn publish(args: &PublishArgs) -> anyhow::Result<ExitCode> {
         info.digest,
         cases.len()
     );
-    if let Some(store) = &args.to {
+    if let Some(dir) = &args.to {
+        let store = ModuleStore::open(dir)?;
         // Cases first: the watcher gates the module on them as it arrives.
         if let Some(file) = &args.cases {
             let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-            write_atomically(&rollout::cases_path(store, region), &text)?;
+            let target = store.cases_file(region);
+            crate::atomic_file::write(&target, &text).with_context(|| format!("writing {}", target.display()))?;
         }
-        write_atomically(&store.join(format!("{region}.wasm")), &bytes)?;
-        eprintln!("installed into {}", store.display());
+        store.install(region, &bytes).with_context(|| format!("installing {region}.wasm into {}", dir.display()))?;
+        eprintln!("installed into {}", dir.display());
         return Ok(ExitCode::SUCCESS);
     }
     let (url, token) = args.admin.target()?;
