@@ -31,7 +31,8 @@ struct Admin {
     token: Arc<str>,
 }
 
-/// Binds `addr` now (a taken port stops start-up) and serves the API until `shutdown`.
+/// Binds `addr` now (a taken port stops start-up) and serves the API, over
+/// TLS if `tls` is given, until `shutdown`.
 ///
 /// # Errors
 /// The address cannot be bound.
@@ -39,6 +40,7 @@ pub async fn serve(
     addr: SocketAddr,
     token: String,
     rollout: Arc<Rollout>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     // A larger body is refused before it is read; the gate says why.
@@ -51,7 +53,7 @@ pub async fn serve(
         .layer(DefaultBodyLimit::max(max_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state);
-    crate::http_server::spawn(addr, "--admin-addr", "the admin API", app, shutdown).await
+    crate::http_server::spawn(addr, "--admin-addr", "the admin API", app, tls, shutdown).await
 }
 
 /// Reads the bearer token from `path`: one line, surrounding whitespace ignored.

@@ -263,6 +263,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let catalogs = Arc::new(Catalogs::load(&settings.catalogs)?);
     let engine = args.limits.engine()?;
     let admin_token = settings.admin_token_file.as_deref().map(admin::read_token).transpose()?;
+    let admin_tls = settings.admin_tls.as_ref().map(|(cert, key)| crate::tls::server_config(cert, key)).transpose()?;
     let metrics = Arc::new(Metrics::new(settings.stall_after));
     let modules = ModuleStore::open(&settings.modules)?;
     let (enricher, rollout) = Rollout::start(engine, modules, &settings.catalogs, catalogs, metrics.clone())?;
@@ -276,7 +277,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             None => None,
         };
         let admin = match (settings.admin_addr, admin_token) {
-            (Some(addr), Some(token)) => Some(admin::serve(addr, token, rollout, shutdown.clone()).await?),
+            (Some(addr), Some(token)) => Some(admin::serve(addr, token, rollout, admin_tls, shutdown.clone()).await?),
             _ => None,
         };
         let client = stream::aws::kinesis_client().await?;

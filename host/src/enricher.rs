@@ -237,7 +237,7 @@ impl Enricher {
 }
 
 fn dead(reason: Reason, detail: &str, rule: Option<RuleRef<'_>>, input: &[u8]) -> Outcome {
-    let mut line = Vec::with_capacity(input.len() + 256);
+    let mut line = Vec::with_capacity(input.len().min(record::MAX_DEAD_LETTER_INPUT) + 256);
     record::write_dead_letter(&mut line, reason, detail, rule, input);
     Outcome::DeadLetter { reason, line }
 }

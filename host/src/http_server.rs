@@ -2,13 +2,18 @@
 //! at start-up, serve on its own task until shutdown, drain gracefully.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
 use tokio::sync::watch;
 
+/// How long requests in flight at shutdown may take to finish.
+const DRAIN: Duration = Duration::from_secs(10);
+
 /// Binds `addr` now, so a taken port stops start-up naming `flag`, then
-/// serves `app` until `shutdown` turns true.
+/// serves `app` (over TLS if `tls` is given) until `shutdown` turns true.
 ///
 /// # Errors
 /// The address cannot be bound.
@@ -17,15 +22,38 @@ pub async fn spawn(
     flag: &str,
     what: &'static str,
     app: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {flag} {addr}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving {what}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %listener.local_addr()?, scheme, "serving {what}");
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
     Ok(tokio::spawn(async move {
-        let stop = async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
+        let served = match tls {
+            None => axum::serve(listener, app).with_graceful_shutdown(stop).await,
+            Some(config) => {
+                let handle = axum_server::Handle::new();
+                let draining = handle.clone();
+                tokio::spawn(async move {
+                    stop.await;
+                    draining.graceful_shutdown(Some(DRAIN));
+                });
+                match listener.into_std() {
+                    Ok(listener) => {
+                        let config = axum_server::tls_rustls::RustlsConfig::from_config(config);
+                        axum_server::from_tcp_rustls(listener, config)
+                            .handle(handle)
+                            .serve(app.into_make_service())
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
         };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+        if let Err(e) = served {
             tracing::error!(error = %e, "serving {what} failed");
         }
     }))

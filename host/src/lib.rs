@@ -16,6 +16,7 @@
 //! - [`admin`]: the admin HTTP API of `offerd run`.
 //! - `atomic_file`: crash-safe file replacement (checkpoints, module store).
 //! - `http_server`: binding and serving either HTTP endpoint until shutdown.
+//! - [`tls`]: TLS settings of the admin API.
 //! - [`cli`]: the `offerd` command line.
 
 pub mod admin;
@@ -35,3 +36,4 @@ pub mod signup;
 pub mod stream;
 #[cfg(test)]
 mod test_alloc;
+pub mod tls;

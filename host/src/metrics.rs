@@ -301,18 +301,27 @@ impl Metrics {
         self.subscriptions.get_or_create(&ShardLabels { shard_id: shard_id.to_owned() }).inc();
     }
 
+    /// A reader started. Its progress carries over from earlier runs: a
+    /// shard that fails and restarts over and over makes no progress.
     pub fn shard_started(&self, shard_id: &str) {
         self.shards_reading.inc();
         let now = Instant::now();
         // Behind until a read says otherwise: a reader that never reads stalls.
         let progress = ShardProgress { behind_ms: 1, read_at: now, progress_at: now };
-        self.shards.lock().expect("the shards lock is never held across a panic").insert(shard_id.to_owned(), progress);
+        self.shards
+            .lock()
+            .expect("the shards lock is never held across a panic")
+            .entry(shard_id.to_owned())
+            .or_insert(progress);
     }
 
-    pub fn shard_stopped(&self, shard_id: &str) {
+    /// A reader returned; `drained`: its shard is read to its end, for good.
+    pub fn shard_stopped(&self, shard_id: &str, drained: bool) {
         self.shards_reading.dec();
         self.millis_behind.remove(&ShardLabels { shard_id: shard_id.to_owned() });
-        self.shards.lock().expect("the shards lock is never held across a panic").remove(shard_id);
+        if drained {
+            self.shards.lock().expect("the shards lock is never held across a panic").remove(shard_id);
+        }
     }
 
     pub fn put_entries_retried(&self, stream: &str, entries: usize) {
@@ -372,7 +381,7 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readiness))
         .with_state(metrics);
-    crate::http_server::spawn(addr, "--metrics-addr", "/metrics, /healthz, /readyz", app, shutdown).await
+    crate::http_server::spawn(addr, "--metrics-addr", "/metrics, /healthz, /readyz", app, None, shutdown).await
 }
 
 async fn prometheus_text(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {

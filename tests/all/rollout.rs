@@ -312,7 +312,8 @@ async fn watched_store_refuses_failing_cases_and_applies_a_catalog_change_to_its
 /// A restart serves what was serving: v2, published through the API, keeps
 /// serving europe after a restart although a module that fails the gate was
 /// left on disk as `europe.wasm`; the refusal is visible, and rollback to v1
-/// still works after the restart.
+/// still works after the restart. The restarted admin API serves TLS, which
+/// `offerd rollback` speaks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_serves_what_was_serving_and_can_still_roll_back() {
     let k = Kinesis::new().await;
@@ -323,7 +324,8 @@ async fn a_restart_serves_what_was_serving_and_can_still_roll_back() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
     let checkpoints = dir.path().join("checkpoints.json");
-    let args = ["--admin-addr", admin.as_str(), "--admin-token-file", token_file.to_str().unwrap()];
+    let token_arg = token_file.to_str().unwrap();
+    let args = ["--admin-addr", admin.as_str(), "--admin-token-file", token_arg];
     let (v1, v2) = (digest_of(&offerd_tests::component("reference")), digest_of(&offerd_tests::component("misbehave")));
 
     let child = k.offerd_with(&s, &checkpoints, store.path(), &catalogs(), &args);
@@ -335,9 +337,25 @@ async fn a_restart_serves_what_was_serving_and_can_still_roll_back() {
 
     // Left on disk: a module that cannot pass the gate.
     std::fs::write(store.path().join("europe.wasm"), b"\0asm broken").unwrap();
-    let child = k.offerd_with(&s, &checkpoints, store.path(), &catalogs(), &args);
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert_file, key_file) = (dir.path().join("admin.pem"), dir.path().join("admin.key"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+    let tls = ["--admin-tls-cert", cert_file.to_str().unwrap(), "--admin-tls-key", key_file.to_str().unwrap()];
+    let child = k.offerd_with(&s, &checkpoints, store.path(), &catalogs(), &[&args[..], &tls].concat());
     wait_for_admin(&admin);
-    let europe = region_status(&admin, "europe");
+    let https = reqwest::Client::builder()
+        .use_preconfigured_tls(offerd::tls::client_config(Some(&cert_file)).unwrap())
+        .build()
+        .unwrap();
+    let url = format!("https://{admin}");
+    let status_of = async |region: &str| -> Value {
+        let body =
+            https.get(format!("{url}/v1/regions")).bearer_auth(TOKEN).send().await.unwrap().text().await.unwrap();
+        let all: Vec<Value> = serde_json::from_str(&body).unwrap();
+        all.into_iter().find(|r| r["region"] == region).unwrap()
+    };
+    let europe = status_of("europe").await;
     assert_eq!(europe["active"]["digest"], v2, "{europe}");
     assert_eq!(europe["previous"]["digest"], v1, "{europe}");
     assert_eq!(europe["last_refusal"]["origin"], "start-up", "{europe}");
@@ -345,9 +363,19 @@ async fn a_restart_serves_what_was_serving_and_can_still_roll_back() {
     let (offers, _) = k.wait_for(&s.output, &s.dlq, 8).await;
     assert!(offers.iter().filter(|o| o["region"] == "europe").all(|o| o["rule"]["digest"] == v2));
 
-    let (status, body) = http(&admin, "POST", "/v1/regions/europe/rollback", Some(TOKEN), b"");
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(region_status(&admin, "europe")["active"]["digest"], v1);
+    let ca = cert_file.to_str().unwrap();
+    let rollback = ["rollback", "--region", "europe", "--admin-url", &url, "--admin-token-file", token_arg];
+    let out = offerd_cli(&[&rollback[..], &["--admin-ca", ca]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(status_of("europe").await["active"]["digest"], v1);
     assert_eq!(digest_of(&store.path().join("europe.wasm")), v1, "installed for the next restart");
+    // Without the certificate trusted, the client refuses the server.
+    let out = offerd_cli(&rollback);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("calling https://"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     child.stop();
 }

@@ -2,6 +2,7 @@
 
 mod bench_stream;
 mod catalogs;
+mod chaos;
 mod demo;
 
 use std::path::PathBuf;
@@ -53,6 +54,20 @@ enum Chore {
         #[arg(long, default_value_t = 0)]
         batch_window_ms: u64,
     },
+    /// Crash trials: SIGKILL `offerd run` at random moments under load (some
+    /// during a module publication), restart it each time, drain, and count
+    /// records lost and duplicated.
+    Chaos {
+        /// How many times offerd is killed.
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+        /// How many sign-ups are written during the kills.
+        #[arg(long, default_value_t = 3000)]
+        signups: usize,
+        /// Sign-ups written per second.
+        #[arg(long, default_value_t = 100)]
+        rate: usize,
+    },
     /// The whole test suite, as CI runs it: format, lints, every test.
     Test,
 }
@@ -72,6 +87,7 @@ fn main() -> Result<()> {
         Chore::BenchStream { rate, seconds, burst, batch_window_ms } => {
             bench_stream::run(&bench_stream::Options { rate, seconds, burst, batch_window_ms })
         }
+        Chore::Chaos { kills, signups, rate } => chaos::run(&chaos::Options { kills, signups, rate }),
         Chore::Test => test(),
     }
 }

@@ -7,10 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::{Method, Request, header};
-use hyper_util::rt::TokioIo;
+use reqwest::Method;
 
 use super::LimitArgs;
 use crate::catalog::Catalogs;
@@ -53,13 +50,23 @@ pub(super) struct RollbackArgs {
 
 #[derive(Args)]
 struct AdminArgs {
-    /// The admin API of a running offerd (`http://127.0.0.1:9101`).
+    /// The admin API of a running offerd (`https://offerd.internal:9101`, or
+    /// `http://127.0.0.1:9101` on loopback).
     #[arg(long, value_name = "URL", requires = "admin_token_file")]
     admin_url: Option<String>,
     /// File holding the admin API's bearer token.
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
+    /// Also trust the PEM certificates in this file for https:// (a private
+    /// CA, or the admin API's own self-signed certificate).
+    #[arg(long, value_name = "FILE")]
+    admin_ca: Option<PathBuf>,
 }
+
+/// How long an admin call may take in all: a publication is compiled and
+/// gated (golden cases, smoke batch) before it answers.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub(super) fn publish(args: &PublishArgs) -> anyhow::Result<ExitCode> {
     let region = &args.region;
@@ -94,13 +101,13 @@ pub(super) fn publish(args: &PublishArgs) -> anyhow::Result<ExitCode> {
     }
     let (url, token) = args.admin.target()?;
     let path = format!("/v1/regions/{region}/module");
-    runtime()?.block_on(call(&url, &token, Method::PUT, &path, bytes))
+    runtime()?.block_on(call(&args.admin, &url, &token, Method::PUT, &path, bytes))
 }
 
 pub(super) fn rollback(args: &RollbackArgs) -> anyhow::Result<ExitCode> {
     let (url, token) = args.admin.target()?;
     let path = format!("/v1/regions/{}/rollback", args.region);
-    runtime()?.block_on(call(&url, &token, Method::POST, &path, Vec::new()))
+    runtime()?.block_on(call(&args.admin, &url, &token, Method::POST, &path, Vec::new()))
 }
 
 impl AdminArgs {
@@ -117,28 +124,32 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// One admin API call; prints the answer, exit status 0 only for a 2xx.
-async fn call(url: &str, token: &str, method: Method, path: &str, body: Vec<u8>) -> anyhow::Result<ExitCode> {
-    let uri: hyper::Uri = url.parse().with_context(|| format!("--admin-url {url:?}"))?;
-    if uri.scheme_str() != Some("http") {
-        bail!("--admin-url {url:?}: only http:// is supported; put TLS in front of the admin API");
+async fn call(
+    admin: &AdminArgs,
+    url: &str,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<ExitCode> {
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        bail!("--admin-url {url:?}: give an http:// or https:// URL");
     }
-    let authority = uri.authority().context("--admin-url has no host")?.clone();
-    let port = authority.port_u16().unwrap_or(80);
-    let stream = tokio::net::TcpStream::connect((authority.host(), port))
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(crate::tls::client_config(admin.admin_ca.as_deref())?)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT)
+        .build()
+        .context("building the HTTP client")?;
+    let response = client
+        .request(method, format!("{url}{path}"))
+        .bearer_auth(token)
+        .body(body)
+        .send()
         .await
-        .with_context(|| format!("connecting to {url}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(header::HOST, authority.as_str())
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Full::new(Bytes::from(body)))?;
-    let response = sender.send_request(request).await.with_context(|| format!("calling {url}{path}"))?;
+        .with_context(|| format!("calling {url}{path}"))?;
     let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
-    let text = String::from_utf8_lossy(&body);
+    let text = response.text().await.with_context(|| format!("reading the answer of {url}{path}"))?;
     if status.is_success() {
         println!("{text}");
         Ok(ExitCode::SUCCESS)

@@ -72,6 +72,17 @@ pub(super) struct RunSettings {
     /// File holding the admin API's bearer token.
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
+    /// Serve the admin API over TLS with this PEM certificate chain (needs --admin-tls-key).
+    #[arg(long, value_name = "FILE", requires = "admin_tls_key")]
+    admin_tls_cert: Option<PathBuf>,
+    /// The PEM private key of --admin-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "admin_tls_cert")]
+    admin_tls_key: Option<PathBuf>,
+    /// Allow the admin API without TLS on an address that is not loopback
+    /// (the bearer token then crosses the network in clear).
+    #[arg(long)]
+    #[serde(default)]
+    admin_allow_plaintext: bool,
     /// Serve Prometheus metrics on /metrics and health on /healthz, /readyz.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<SocketAddr>,
@@ -87,6 +98,8 @@ pub(super) struct Resolved {
     pub stall_after: Duration,
     pub admin_addr: Option<SocketAddr>,
     pub admin_token_file: Option<PathBuf>,
+    /// Certificate chain and key of the admin API, if it serves TLS.
+    pub admin_tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl RunSettings {
@@ -97,7 +110,14 @@ impl RunSettings {
             Some(path) => {
                 let mut file: RunSettings = config_file::parse(path)?;
                 let base = path.parent().unwrap_or(Path::new(""));
-                let paths = [&mut file.modules, &mut file.catalogs, &mut file.checkpoints, &mut file.admin_token_file];
+                let paths = [
+                    &mut file.modules,
+                    &mut file.catalogs,
+                    &mut file.checkpoints,
+                    &mut file.admin_token_file,
+                    &mut file.admin_tls_cert,
+                    &mut file.admin_tls_key,
+                ];
                 for p in paths.into_iter().flatten() {
                     *p = base.join(&*p);
                 }
@@ -156,6 +176,23 @@ impl RunSettings {
         if admin_addr.is_some() && admin_token_file.is_none() {
             bail!("{} is required with admin-addr", origin("admin-token-file"));
         }
+        let admin_tls = match (self.admin_tls_cert.or(file.admin_tls_cert), self.admin_tls_key.or(file.admin_tls_key)) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => bail!("{} is required with admin-tls-cert", origin("admin-tls-key")),
+            (None, Some(_)) => bail!("{} is required with admin-tls-key", origin("admin-tls-cert")),
+        };
+        if let Some(addr) = admin_addr
+            && !addr.ip().is_loopback()
+            && admin_tls.is_none()
+            && !(self.admin_allow_plaintext || file.admin_allow_plaintext)
+        {
+            bail!(
+                "{}: {addr} is not a loopback address; serve the admin API over TLS (admin-tls-cert, admin-tls-key) \
+                 or allow plaintext explicitly (admin-allow-plaintext)",
+                origin("admin-addr")
+            );
+        }
         Ok(Resolved {
             stream: RunConfig {
                 input_stream,
@@ -176,6 +213,7 @@ impl RunSettings {
             stall_after: Duration::from_secs(self.stall_after_secs.or(file.stall_after_secs).unwrap_or(60).max(1)),
             admin_addr,
             admin_token_file,
+            admin_tls,
         })
     }
 }
@@ -249,5 +287,22 @@ mod tests {
         assert!(err.starts_with("--start-at: \"yesterday\": expected trim-horizon, latest or an RFC 3339"), "{err}");
         let err = format!("{:#}", flags(&[&base[..], &["--batch-size", "0"]].concat()).resolve(None).err().unwrap());
         assert!(err.contains("--batch-size: 0 is not in 1..=10000"), "{err}");
+    }
+
+    /// The admin API's bearer token never crosses a network in clear unless asked.
+    #[test]
+    fn a_plaintext_admin_api_binds_to_loopback_only_unless_allowed() {
+        let base = ["--input-stream", "s", "--output-stream", "o", "--modules", "m", "--catalogs", "c"];
+        let admin = |addr: &str, more: &[&str]| {
+            let args = [&base[..], &["--admin-addr", addr, "--admin-token-file", "t"], more].concat();
+            flags(&args).resolve(None)
+        };
+        assert!(admin("127.0.0.1:9101", &[]).is_ok());
+        assert!(admin("[::1]:9101", &[]).is_ok());
+        let err = format!("{:#}", admin("0.0.0.0:9101", &[]).err().unwrap());
+        assert!(err.contains("0.0.0.0:9101 is not a loopback address") && err.contains("admin-tls-cert"), "{err}");
+        assert!(admin("0.0.0.0:9101", &["--admin-allow-plaintext"]).is_ok());
+        let tls = admin("0.0.0.0:9101", &["--admin-tls-cert", "c.pem", "--admin-tls-key", "k.pem"]).unwrap();
+        assert_eq!(tls.admin_tls, Some(("c.pem".into(), "k.pem".into())));
     }
 }

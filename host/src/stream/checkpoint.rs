@@ -63,7 +63,10 @@ struct FileFormat {
 /// the kernel when the process ends, however it ends) and the holder's pid.
 pub struct FileCheckpoints {
     path: PathBuf,
+    /// Held only to read or change the map: `get` never waits for an fsync.
     state: Mutex<FileFormat>,
+    /// Held across a write, so two shards' writes cannot interleave.
+    writing: Mutex<()>,
     _lock: File,
 }
 
@@ -121,7 +124,7 @@ impl FileCheckpoints {
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        Ok(Self { path: path.to_owned(), state: Mutex::new(state), _lock: lock })
+        Ok(Self { path: path.to_owned(), state: Mutex::new(state), writing: Mutex::new(()), _lock: lock })
     }
 }
 
@@ -132,10 +135,13 @@ impl CheckpointStore for FileCheckpoints {
     }
 
     fn set(&self, shard_id: &str, checkpoint: &Checkpoint) -> anyhow::Result<()> {
-        // Held across the write so two shards cannot interleave their renames.
-        let mut state = self.state.lock().expect("checkpoint lock is never held across a panic");
-        state.shards.insert(shard_id.to_owned(), checkpoint.as_stored().to_owned());
-        let bytes = serde_json::to_vec_pretty(&*state).expect("a map of strings always serialises");
+        let _writing = self.writing.lock().expect("checkpoint write lock is never held across a panic");
+        // Serialised under the write lock: the last write holds every shard's newest.
+        let bytes = {
+            let mut state = self.state.lock().expect("checkpoint lock is never held across a panic");
+            state.shards.insert(shard_id.to_owned(), checkpoint.as_stored().to_owned());
+            serde_json::to_vec_pretty(&*state).expect("a map of strings always serialises")
+        };
         crate::atomic_file::write(&self.path, &bytes).with_context(|| format!("writing {}", self.path.display()))
     }
 }

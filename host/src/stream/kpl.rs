@@ -75,6 +75,15 @@ pub fn unpack(data: &[u8], max_records: usize) -> Unpacked<'_> {
     }
 }
 
+/// How many user records `data` makes: an aggregate's count, else one
+/// (a plain record, or a corrupt aggregate's single dead letter).
+pub fn count(data: &[u8], max_records: usize) -> usize {
+    match unpack(data, max_records) {
+        Unpacked::Aggregate(records) => records.len().max(1),
+        Unpacked::Plain | Unpacked::Corrupt(_) => 1,
+    }
+}
+
 fn decode(message: &[u8], max_records: usize) -> Result<Vec<UserRecord<'_>>, String> {
     let bad = |e: WireError| format!("KPL aggregate does not decode: {e}");
     // First pass: the key table, and how many records there are, so the

@@ -126,8 +126,13 @@ pub async fn run(
         None => None,
     };
     let sink: Arc<dyn sink::RecordSink> = Arc::new(sink::KinesisSink { client: client.clone() });
-    // Shards listed at start-up: the only ones `start_at` applies to.
+    // Shards listed at start-up without a checkpoint: the only ones
+    // `start_at` applies to (with their children listed then too). `latest`
+    // means from start-up: a shard that starts reading later (a child
+    // waiting for its parents) must not skip what arrived meanwhile.
+    let started_at = SystemTime::now();
     let initial: HashSet<String> = shards.iter().map(|s| s.shard_id().to_owned()).collect();
+    let fresh: HashSet<String> = initial.iter().filter(|id| store.get(id).is_none()).cloned().collect();
     let mut tasks: JoinSet<(String, anyhow::Result<ShardExit>)> = JoinSet::new();
     let mut running: HashMap<String, Instant> = HashMap::new();
     let mut drained: HashSet<String> = HashSet::new();
@@ -155,8 +160,12 @@ pub async fn run(
                 tracing::debug!(shard_id = id, parent, "waiting for the parent shard to drain");
                 continue;
             }
-            let start_at = if initial.contains(id) && parents.iter().all(|p| store.get(p).is_none()) {
-                config.start_at
+            let start_at = if fresh.contains(id) && parents.iter().all(|p| fresh.contains(*p) || !initial.contains(*p))
+            {
+                match config.start_at {
+                    StartAt::Latest => StartAt::Timestamp(started_at),
+                    other => other,
+                }
             } else {
                 StartAt::TrimHorizon
             };
@@ -201,7 +210,7 @@ pub async fn run(
             Some(joined) = tasks.join_next() => {
                 let (shard_id, result) = joined.context("a shard task panicked")?;
                 let ran = running.remove(&shard_id).map_or(Duration::ZERO, |at| at.elapsed());
-                metrics.shard_stopped(&shard_id);
+                metrics.shard_stopped(&shard_id, matches!(result, Ok(ShardExit::Drained)));
                 match result {
                     Ok(ShardExit::Drained) => {
                         failed.remove(&shard_id);

@@ -27,6 +27,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// its record count: a batch of 10,000 records of 1 MiB each must not sit in
 /// memory. (One GetRecords call returns at most 10 MiB.)
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// Most user records enriched and published at once. A batch of KPL
+/// aggregates can hold far more user records than Kinesis records (an empty
+/// user record takes 6 bytes of an aggregate, its dead letter hundreds), so
+/// a batch is processed in chunks of whole Kinesis records, each checkpointed.
+const MAX_USER_RECORDS: usize = 10_000;
 
 /// What became of a batch.
 enum Batch {
@@ -130,8 +135,30 @@ impl ShardReader {
         Ok(())
     }
 
-    /// Enrich, publish both streams, then checkpoint the batch's last record.
-    async fn process(&self, records: Vec<Record>) -> anyhow::Result<Batch> {
+    /// Processes a batch in chunks of at most [`MAX_USER_RECORDS`] user records.
+    async fn process(&self, mut records: Vec<Record>) -> anyhow::Result<Batch> {
+        while !records.is_empty() {
+            let max = self.config.max_aggregate_records;
+            let mut users = 0;
+            let take = records
+                .iter()
+                .take_while(|r| {
+                    users += kpl::count(r.data().as_ref(), max);
+                    users <= MAX_USER_RECORDS
+                })
+                .count()
+                .max(1);
+            let rest = records.split_off(take);
+            if let Batch::Abandoned = self.process_chunk(records).await? {
+                return Ok(Batch::Abandoned);
+            }
+            records = rest;
+        }
+        Ok(Batch::Checkpointed)
+    }
+
+    /// Enrich, publish both streams, then checkpoint the chunk's last record.
+    async fn process_chunk(&self, records: Vec<Record>) -> anyhow::Result<Batch> {
         let started = Instant::now();
         let last = records.last().expect("process is called with records").sequence_number().to_owned();
         let (enricher, shard_id) = (self.enricher.clone(), self.shard_id.clone());
@@ -182,18 +209,16 @@ impl ShardReader {
             return Ok(Vec::new());
         }
         let letter = |entries: &[Entry], sources: &[SourceId], what: &str, r: &Rejected| {
-            let source = sources[r.index].resolve(records, &self.shard_id);
+            let source = sources[r.index].resolve(records);
             let refused = &entries[r.index];
             let detail = format!("Kinesis refused the {what} ({} bytes): {}", refused.data.len(), r.reason);
             tracing::warn!(shard_id = self.shard_id, sequence_number = source.sequence_number, %detail, "output refused");
             let mut line = Vec::new();
             record::write_output_rejected(&mut line, &detail);
-            let partition_key = if record::partition_key_fits(&refused.partition_key) {
-                refused.partition_key.clone()
-            } else {
-                self.shard_id.clone()
-            };
-            Entry { partition_key, data: with_source(line, &self.shard_id, &source) }
+            Entry {
+                partition_key: dead_letter_key(&self.shard_id, &source),
+                data: with_source(line, &self.shard_id, &source),
+            }
         };
         let letters: Vec<Entry> = offers
             .iter()
@@ -228,7 +253,6 @@ pub struct PreparedBatch {
 /// KPL aggregate.
 struct Source<'a> {
     data: &'a [u8],
-    partition_key: &'a str,
     sequence_number: &'a str,
     sub_sequence_number: Option<usize>,
 }
@@ -241,14 +265,9 @@ struct SourceId {
 }
 
 impl SourceId {
-    fn resolve<'a>(self, records: &'a [Record], shard_id: &'a str) -> Source<'a> {
+    fn resolve(self, records: &[Record]) -> Source<'_> {
         let record = &records[self.record];
-        Source {
-            data: &[],
-            partition_key: record.partition_key().unwrap_or(shard_id),
-            sequence_number: record.sequence_number(),
-            sub_sequence_number: self.sub_sequence_number,
-        }
+        Source { data: &[], sequence_number: record.sequence_number(), sub_sequence_number: self.sub_sequence_number }
     }
 }
 
@@ -268,21 +287,16 @@ pub fn prepare(enricher: &Enricher, shard_id: &str, records: &[Record], max_aggr
     };
     let mut sources: Vec<(Source<'_>, SourceId)> = Vec::with_capacity(records.len());
     for (index, (record, unpacked)) in records.iter().zip(&unpacked).enumerate() {
-        let (sequence_number, partition_key) = (record.sequence_number(), record.partition_key().unwrap_or(shard_id));
+        let sequence_number = record.sequence_number();
         match unpacked {
             Unpacked::Plain => sources.push((
-                Source { data: record.data().as_ref(), partition_key, sequence_number, sub_sequence_number: None },
+                Source { data: record.data().as_ref(), sequence_number, sub_sequence_number: None },
                 SourceId { record: index, sub_sequence_number: None },
             )),
             Unpacked::Aggregate(users) => {
                 sources.extend(users.iter().enumerate().map(|(i, u)| {
                     (
-                        Source {
-                            data: u.data,
-                            partition_key: u.partition_key,
-                            sequence_number,
-                            sub_sequence_number: Some(i),
-                        },
+                        Source { data: u.data, sequence_number, sub_sequence_number: Some(i) },
                         SourceId { record: index, sub_sequence_number: Some(i) },
                     )
                 }));
@@ -290,10 +304,10 @@ pub fn prepare(enricher: &Enricher, shard_id: &str, records: &[Record], max_aggr
             Unpacked::Corrupt(why) => {
                 let mut line = Vec::new();
                 record::write_dead_letter(&mut line, Reason::InvalidRecord, why, None, record.data().as_ref());
-                let source = Source { data: &[], partition_key, sequence_number, sub_sequence_number: None };
+                let source = Source { data: &[], sequence_number, sub_sequence_number: None };
                 batch.dead_letter_reasons.push(Reason::InvalidRecord.as_str());
                 batch.dead_letters.push(Entry {
-                    partition_key: partition_key.to_owned(),
+                    partition_key: dead_letter_key(shard_id, &source),
                     data: with_source(line, shard_id, &source),
                 });
                 batch.dead_letter_sources.push(SourceId { record: index, sub_sequence_number: None });
@@ -311,7 +325,7 @@ pub fn prepare(enricher: &Enricher, shard_id: &str, records: &[Record], max_aggr
             Outcome::DeadLetter { line, reason } => {
                 batch.dead_letter_reasons.push(reason.as_str());
                 batch.dead_letters.push(Entry {
-                    partition_key: source.partition_key.to_owned(),
+                    partition_key: dead_letter_key(shard_id, source),
                     data: with_source(line, shard_id, source),
                 });
                 batch.dead_letter_sources.push(*id);
@@ -320,6 +334,19 @@ pub fn prepare(enricher: &Enricher, shard_id: &str, records: &[Record], max_aggr
     }
     batch.by_region = enriched.by_region;
     batch
+}
+
+/// A dead letter's partition key: where its record came from. Unique per
+/// record, so dead letters never wait on each other for per-key order (which
+/// means nothing for them: each names its source) and spread over the
+/// dead-letter stream's shards, whatever keys the input used.
+fn dead_letter_key(shard_id: &str, source: &Source<'_>) -> String {
+    let mut key = format!("{shard_id}/{}", source.sequence_number);
+    if let Some(sub) = source.sub_sequence_number {
+        key.push('/');
+        key.push_str(itoa::Buffer::new().format(sub));
+    }
+    if record::partition_key_fits(&key) { key } else { shard_id.to_owned() }
 }
 
 /// Adds `"source": {"shard_id", "sequence_number"[, "sub_sequence_number"]}`

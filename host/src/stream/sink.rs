@@ -75,8 +75,8 @@ pub struct Rejected {
 }
 
 /// Writes every entry of `entries` to `stream`. Entries that fail with a
-/// retryable error are retried with jittered, capped backoff for at most
-/// `retry_budget`. Entries Kinesis refuses for good (checked locally first:
+/// retryable error are retried with jittered, capped backoff while some
+/// call succeeds at least every `retry_budget`. Entries Kinesis refuses for good (checked locally first:
 /// key length and record size) are returned, and the rest is written.
 ///
 /// Order per partition key: a call carries at most one entry per key, so an
@@ -85,8 +85,8 @@ pub struct Rejected {
 /// batch that repeats one key takes one call per repetition.
 ///
 /// # Errors
-/// A fatal failure, or retryable failures beyond `retry_budget`. Entries
-/// written before it stay written.
+/// A fatal failure, or `retry_budget` of retryable failures in a row.
+/// Entries written before it stay written.
 pub async fn put_all(
     sink: &dyn RecordSink,
     stream: &str,
@@ -102,7 +102,8 @@ pub async fn put_all(
             None => pending.push(index),
         }
     }
-    let started = Instant::now();
+    // Since when every call failed; reset by any progress.
+    let mut failing_since: Option<Instant> = None;
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     // Halved while a whole call is refused, to find the entry it refuses.
     let mut max_entries = MAX_ENTRIES;
@@ -151,8 +152,11 @@ pub async fn put_all(
             Err(PutFailure::Fatal(reason)) => return Err(PutError::Fatal { stream: stream.to_owned(), reason }),
         }
         pending.retain(|i| !done.contains(i));
+        if !done.is_empty() {
+            failing_since = None;
+        }
         if let Some(reason) = retry {
-            if started.elapsed() >= retry_budget {
+            if failing_since.get_or_insert_with(Instant::now).elapsed() >= retry_budget {
                 return Err(exhausted(reason));
             }
             tracing::warn!(stream, failed = chunk.len() - done.len(), %reason, "PutRecords entries failed; retrying");
