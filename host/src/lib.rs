@@ -19,7 +19,7 @@
 //! - [`tls`]: TLS settings of the admin API.
 //! - [`cli`]: the `offerd` command line.
 
-pub mod admin;
+pub(crate) mod admin;
 mod atomic_file;
 pub mod catalog;
 pub mod cli;

@@ -30,16 +30,17 @@ impl Feed for ScriptedFeed {
     }
 }
 
+/// Checkpoints in memory, with every one written, in order.
 #[derive(Default)]
-struct MemoryCheckpoints(Mutex<HashMap<String, Checkpoint>>);
+struct MemoryCheckpoints(Mutex<Vec<Checkpoint>>);
 
 impl CheckpointStore for MemoryCheckpoints {
-    fn get(&self, shard_id: &str) -> Option<Checkpoint> {
-        self.0.lock().unwrap().get(shard_id).cloned()
+    fn get(&self, _shard_id: &str) -> Option<Checkpoint> {
+        self.0.lock().unwrap().last().cloned()
     }
 
-    fn set(&self, shard_id: &str, checkpoint: &Checkpoint) -> anyhow::Result<()> {
-        self.0.lock().unwrap().insert(shard_id.to_owned(), checkpoint.clone());
+    fn set(&self, _shard_id: &str, checkpoint: &Checkpoint) -> anyhow::Result<()> {
+        self.0.lock().unwrap().push(checkpoint.clone());
         Ok(())
     }
 }
@@ -175,4 +176,19 @@ async fn a_hostile_aggregate_is_one_dead_letter() {
     assert_eq!(letters.len(), 2);
     assert!(letters[0]["detail"].as_str().unwrap().contains("300000 characters"), "{}", letters[0]);
     assert_eq!(letters[0]["input_truncated"], true);
+}
+
+/// Two Kinesis records holding 6,000 user records each are enriched and
+/// published as two chunks, each checkpointed: never 12,000 at once.
+#[tokio::test(start_paused = true)]
+async fn a_batch_of_large_aggregates_is_processed_in_chunks() {
+    let lines: Vec<String> = (0..6_000).map(|i| signup(&format!("u{i}"))).collect();
+    let users: Vec<kpl::UserRecord<'_>> =
+        lines.iter().map(|l| kpl::UserRecord { partition_key: "k", data: l.as_bytes() }).collect();
+    let packed = kpl::aggregate(&users);
+    let run = run(vec![vec![record(1, "a", packed.clone()), record(2, "b", packed)]], FakeSink::default()).await;
+    assert_eq!(run.result.unwrap(), ShardExit::Drained);
+    assert_eq!(letters(&run.sink).len(), 12_000);
+    let at = |seq: u64| Checkpoint::At(format!("{seq:020}"));
+    assert_eq!(*run.store.0.lock().unwrap(), [at(1), at(2), Checkpoint::ShardEnd]);
 }
