@@ -9,7 +9,6 @@
 //! - `POST /v1/regions/{region}/rollback`: 200 with the module now active,
 //!   409 if there is no previous version.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -31,13 +30,12 @@ struct Admin {
     token: Arc<str>,
 }
 
-/// Binds `addr` now (a taken port stops start-up) and serves the API, over
-/// TLS if `tls` is given, until `shutdown`.
+/// Serves the API on `listener`, over TLS if `tls` is given, until `shutdown`.
 ///
 /// # Errors
-/// The address cannot be bound.
-pub async fn serve(
-    addr: SocketAddr,
+/// The listener's address cannot be read.
+pub fn serve(
+    listener: tokio::net::TcpListener,
     token: String,
     rollout: Arc<Rollout>,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -53,7 +51,7 @@ pub async fn serve(
         .layer(DefaultBodyLimit::max(max_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state);
-    crate::http_server::spawn(addr, "--admin-addr", "the admin API", app, tls, shutdown).await
+    crate::http_server::spawn(listener, "the admin API", app, tls, shutdown)
 }
 
 /// Reads the bearer token from `path`: one line, surrounding whitespace ignored.

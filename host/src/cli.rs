@@ -14,11 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::catalog::Catalogs;
 use crate::engine::{Engine, Limits, RegionRules, RuleModule};
 use crate::enricher::{Enricher, Outcome};
-use crate::metrics::{self, Metrics};
-use crate::module_store::ModuleStore;
-use crate::rollout::{self, Rollout};
-use crate::stream::checkpoint::{CheckpointStore, FileCheckpoints};
-use crate::{admin, golden, module_store, stream};
+use crate::{admin, golden, http_server, module_store, service, stream};
 use run_settings::RunSettings;
 
 mod publish;
@@ -84,12 +80,16 @@ struct LimitArgs {
 
 impl LimitArgs {
     fn engine(&self) -> anyhow::Result<Engine> {
-        Engine::new(Limits {
+        Engine::new(self.limits())
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
             call_timeout: Duration::from_millis(self.call_timeout_ms),
             memory_bytes: self.memory_limit_mib << 20,
             batch_budget: Duration::from_millis(self.batch_budget_ms),
             max_module_bytes: self.max_module_mib << 20,
-        })
+        }
     }
 }
 
@@ -255,46 +255,36 @@ fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let settings = args.settings.resolve(args.config.as_deref())?;
-    // First: a second offerd on the same checkpoints stops before compiling anything.
-    let store: Arc<dyn CheckpointStore> = Arc::new(
-        FileCheckpoints::open(&settings.checkpoints, &settings.stream.input_stream)
-            .with_context(|| format!("opening checkpoints {}", settings.checkpoints.display()))?,
-    );
-    let catalogs = Arc::new(Catalogs::load(&settings.catalogs)?);
-    let engine = args.limits.engine()?;
     let admin_token = settings.admin_token_file.as_deref().map(admin::read_token).transpose()?;
     let admin_tls = settings.admin_tls.as_ref().map(|(cert, key)| crate::tls::server_config(cert, key)).transpose()?;
-    let metrics = Arc::new(Metrics::new(settings.stall_after));
-    let modules = ModuleStore::open(&settings.modules)?;
-    let (enricher, rollout) = Rollout::start(engine, modules, &settings.catalogs, catalogs, metrics.clone())?;
-    let rollout = Arc::new(rollout);
-    let _watcher = rollout::watcher::start(rollout.clone())?;
+    let service_settings = service::Settings {
+        stream: settings.stream,
+        modules: settings.modules,
+        catalogs: settings.catalogs,
+        checkpoints: settings.checkpoints,
+        limits: args.limits.limits(),
+        stall_after: settings.stall_after,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async move {
-        let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let endpoint = match settings.metrics_addr {
-            Some(addr) => Some(metrics::serve(addr, metrics.clone(), shutdown.clone()).await?),
-            None => None,
-        };
-        let admin = match (settings.admin_addr, admin_token) {
-            (Some(addr), Some(token)) => Some(admin::serve(addr, token, rollout, admin_tls, shutdown.clone()).await?),
-            _ => None,
-        };
+        let mut listeners = service::Listeners::default();
+        if let Some(addr) = settings.metrics_addr {
+            listeners.metrics = Some(http_server::bind(addr, "--metrics-addr").await?);
+        }
+        if let (Some(addr), Some(token)) = (settings.admin_addr, admin_token) {
+            let listener = http_server::bind(addr, "--admin-addr").await?;
+            listeners.admin = Some(service::AdminEndpoint { listener, token, tls: admin_tls });
+        }
         let client = stream::aws::kinesis_client().await?;
-        tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing a SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing a SIGTERM handler")?;
+        let signal = async move {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
-            tracing::info!("stopping: finishing in-flight batches, then checkpointing");
-            let _ = stop.send(true);
-        });
-        stream::run(client, settings.stream, store, enricher, metrics, shutdown).await?;
-        for server in [endpoint, admin].into_iter().flatten() {
-            let _ = server.await;
-        }
+        };
+        service::run(service_settings, listeners, client, signal).await?;
         tracing::info!("stopped cleanly");
         Ok(ExitCode::SUCCESS)
     })

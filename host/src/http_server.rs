@@ -7,25 +7,33 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// How long requests in flight at shutdown may take to finish.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// Binds `addr` now, so a taken port stops start-up naming `flag`, then
-/// serves `app` (over TLS if `tls` is given) until `shutdown` turns true.
+/// Binds `addr`, naming `flag` if it cannot: called at start-up, so a taken
+/// port stops it.
 ///
 /// # Errors
 /// The address cannot be bound.
-pub async fn spawn(
-    addr: SocketAddr,
-    flag: &str,
+pub async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("binding {flag} {addr}"))
+}
+
+/// Serves `app` on `listener` (over TLS if `tls` is given) until `shutdown`
+/// turns true.
+///
+/// # Errors
+/// The listener's address cannot be read.
+pub fn spawn(
+    listener: TcpListener,
     what: &'static str,
     app: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {flag} {addr}"))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(addr = %listener.local_addr()?, scheme, "serving {what}");
     let stop = async move {

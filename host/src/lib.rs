@@ -17,6 +17,7 @@
 //! - `atomic_file`: crash-safe file replacement (checkpoints, module store).
 //! - `http_server`: binding and serving either HTTP endpoint until shutdown.
 //! - [`tls`]: TLS settings of the admin API.
+//! - [`service`]: `offerd run` as one call: settings, bound listeners, a shutdown future.
 //! - [`cli`]: the `offerd` command line.
 
 pub(crate) mod admin;
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod module_store;
 pub mod record;
 pub mod rollout;
+pub mod service;
 pub mod signup;
 pub mod stream;
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! on `--metrics-addr`. Counters are updated once per batch, never per record.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -365,14 +364,14 @@ impl Metrics {
     }
 }
 
-/// Binds `addr` now (so a taken port stops start-up) and serves `/metrics`,
-/// `/healthz` (the process answers) and `/readyz` (every shard reader
-/// started, not shutting down) until `shutdown`.
+/// Serves `/metrics`, `/healthz` (the process answers) and `/readyz` (every
+/// shard reader started, not shutting down, no shard stalled) on `listener`
+/// until `shutdown`.
 ///
 /// # Errors
-/// The address cannot be bound.
-pub async fn serve(
-    addr: SocketAddr,
+/// The listener's address cannot be read.
+pub fn serve(
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -381,7 +380,7 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readiness))
         .with_state(metrics);
-    crate::http_server::spawn(addr, "--metrics-addr", "/metrics, /healthz, /readyz", app, None, shutdown).await
+    crate::http_server::spawn(listener, "/metrics, /healthz, /readyz", app, None, shutdown)
 }
 
 async fn prometheus_text(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {

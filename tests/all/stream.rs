@@ -677,6 +677,10 @@ async fn hostile_records_become_dead_letters_and_the_shards_go_on() {
         .arg(catalogs())
         .arg("--checkpoints")
         .arg(&checkpoints)
+        .env("AWS_ENDPOINT_URL", endpoint())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", &k.account)
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
         .output()
         .unwrap();
     let pid = child.0.as_ref().unwrap().id();
@@ -739,4 +743,51 @@ async fn start_at_latest_never_skips_a_child_shard() {
     for (user, rounds) in rounds_by_user(&offers, &landed) {
         assert_eq!(rounds, [0, 1, 2], "{user}: the records put before start-up are skipped, the rest come out");
     }
+}
+
+/// The whole service as a library call: bound listeners, a client and a
+/// shutdown future in, a clean return (every batch checkpointed) out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_runs_in_process_until_its_shutdown_future() {
+    use offerd::service::{Listeners, Settings};
+    let k = Kinesis::new().await;
+    let s = streams(&k, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with("reference");
+    let checkpoints = dir.path().join("checkpoints.json");
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = metrics.local_addr().unwrap().to_string();
+    let settings = Settings {
+        stream: offerd::stream::RunConfig {
+            input_stream: s.input.clone(),
+            output_stream: s.output.clone(),
+            dead_letter_stream: s.dlq.clone(),
+            start_at: offerd::stream::StartAt::TrimHorizon,
+            batch_size: 100,
+            batch_window: Duration::ZERO,
+            consumer_name: None,
+            resubscribe_after: Duration::from_secs(290),
+            max_aggregate_records: offerd::stream::kpl::DEFAULT_MAX_RECORDS,
+            put_retry_budget: Duration::from_secs(60),
+        },
+        modules: store.path().to_owned(),
+        catalogs: catalogs(),
+        checkpoints: checkpoints.clone(),
+        limits: offerd::engine::Limits::default(),
+        stall_after: Duration::from_secs(60),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let listeners = Listeners { metrics: Some(metrics), admin: None };
+    let service = tokio::spawn(offerd::service::run(settings, listeners, k.client.clone(), async {
+        let _ = stopped.await;
+    }));
+    let users: Vec<(String, String)> = (0..5).map(|u| (format!("u{u}"), signup(&format!("u{u}"), 0))).collect();
+    k.put(&s.input, &users).await;
+    let (offers, _) = k.wait_for(&s.output, &s.dlq, 5).await;
+    assert_eq!(offers.len(), 5);
+    assert_eq!(tokio::task::spawn_blocking(move || http_get(&addr, "/readyz").0).await.unwrap(), 200);
+    stop.send(()).unwrap();
+    service.await.unwrap().unwrap();
+    let saved: Value = serde_json::from_slice(&std::fs::read(&checkpoints).unwrap()).unwrap();
+    assert_eq!(saved["shards"].as_object().unwrap().len(), 1, "{saved}");
 }
