@@ -232,12 +232,23 @@ impl Metrics {
     /// Shards that are behind (or have not read at all) and have not
     /// checkpointed for `stall_after`: what makes `/readyz` fail.
     pub fn stalled_shards(&self) -> Vec<String> {
+        self.stalled_at(Instant::now())
+    }
+
+    fn progressed_at(&self, shard_id: &str, at: Instant) {
+        if let Some(shard) = self.shards.lock().expect("the shards lock is never held across a panic").get_mut(shard_id)
+        {
+            shard.progress_at = at;
+        }
+    }
+
+    fn stalled_at(&self, now: Instant) -> Vec<String> {
         let shards = self.shards.lock().expect("the shards lock is never held across a panic");
+        let since = |at: Instant| now.saturating_duration_since(at);
         let mut stalled: Vec<String> = shards
             .iter()
             .filter(|(_, s)| {
-                s.progress_at.elapsed() > self.stall_after
-                    && (s.behind_ms > 0 || s.read_at.elapsed() > self.stall_after)
+                since(s.progress_at) > self.stall_after && (s.behind_ms > 0 || since(s.read_at) > self.stall_after)
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -400,5 +411,41 @@ async fn readiness(State(metrics): State<Arc<Metrics>>) -> (StatusCode, String) 
             StatusCode::SERVICE_UNAVAILABLE,
             format!("stalled (behind, no checkpoint for {stall} s): {}\n", stalled.join(" ")),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shard is stalled when it is behind (or has stopped reading) and has
+    /// not checkpointed for the stall time; restarts do not reset that.
+    #[test]
+    fn readiness_names_shards_behind_without_progress() {
+        let metrics = Metrics::new(Duration::from_secs(60));
+        let later = |secs| Instant::now() + Duration::from_secs(secs);
+        metrics.shard_started("behind");
+        metrics.read("behind", 10, Some(5_000));
+        metrics.shard_started("checkpointing");
+        metrics.read("checkpointing", 10, Some(5_000));
+        assert!(metrics.stalled_at(later(30)).is_empty());
+        assert_eq!(metrics.stalled_at(later(61)), ["behind", "checkpointing"]);
+        // Checkpointed 50 s in: 11 s without progress at 61 s.
+        metrics.progressed_at("checkpointing", later(50));
+        assert_eq!(metrics.stalled_at(later(61)), ["behind"]);
+        // A shard that fails and restarts keeps its last progress.
+        metrics.shard_stopped("behind", false);
+        metrics.shard_started("behind");
+        assert_eq!(metrics.stalled_at(later(61)), ["behind"]);
+        // Caught up at its last read, but reading stopped: stalled too.
+        metrics.shard_started("caught-up");
+        metrics.read("caught-up", 0, Some(0));
+        assert_eq!(metrics.stalled_at(later(30)), Vec::<String>::new());
+        assert_eq!(metrics.stalled_at(later(200)), ["behind", "caught-up", "checkpointing"]);
+        metrics.checkpointed("checkpointing");
+        // A drained shard is gone for good.
+        metrics.shard_stopped("behind", true);
+        assert_eq!(metrics.stalled_at(later(200)), ["caught-up", "checkpointing"]);
+        assert_eq!(metrics.stalled_at(later(30)), Vec::<String>::new());
     }
 }
