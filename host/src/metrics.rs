@@ -347,10 +347,7 @@ impl Metrics {
     }
 
     pub fn checkpointed(&self, shard_id: &str) {
-        if let Some(shard) = self.shards.lock().expect("the shards lock is never held across a panic").get_mut(shard_id)
-        {
-            shard.progress_at = Instant::now();
-        }
+        self.progressed_at(shard_id, Instant::now());
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         self.last_checkpoint.get_or_create(&ShardLabels { shard_id: shard_id.to_owned() }).set(now as i64);
     }
