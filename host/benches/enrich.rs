@@ -152,7 +152,7 @@ impl Native {
                 let signup = match SignUp::decode(input) {
                     Ok(s) => s,
                     Err(e) => {
-                        record::write_dead_letter(&mut line, Reason::InvalidRecord, &e.to_string(), None, input);
+                        record::write_dead_letter(&mut line, Reason::InvalidRecord, &e.to_string(), None, input, None);
                         return Outcome::DeadLetter { reason: Reason::InvalidRecord, line };
                     }
                 };
@@ -178,11 +178,18 @@ impl Native {
                                 promo: o.promo.map(|p| (p.promo as usize, p.monthly_price_minor)),
                             })
                             .collect();
-                        encoder.write(&mut line, &signup, &offers);
+                        encoder.write(&mut line, &signup, &offers, None);
                         Outcome::Offer { user_id: signup.user_id.to_string(), line }
                     }
                     Err(e) => {
-                        record::write_dead_letter(&mut line, Reason::RuleRejected, &format!("{e:?}"), None, input);
+                        record::write_dead_letter(
+                            &mut line,
+                            Reason::RuleRejected,
+                            &format!("{e:?}"),
+                            None,
+                            input,
+                            None,
+                        );
                         Outcome::DeadLetter { reason: Reason::RuleRejected, line }
                     }
                 }

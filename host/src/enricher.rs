@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use crate::catalog::Catalogs;
 use crate::engine::{FailureKind, RegionRules};
 use crate::module_store::LoadedRules;
-use crate::record::{self, OfferEncoder, Reason, RuleRef};
+use crate::record::{self, OfferEncoder, Reason, RecordSource, RuleRef};
 use crate::signup::SignUp;
 
 /// What became of one input record: a JSON line (without newline).
@@ -138,6 +138,13 @@ impl Enricher {
     /// One outcome per input, in order. Each region's records of the batch go
     /// to its module in one call.
     pub fn enrich(&self, inputs: &[&[u8]]) -> Enriched {
+        self.enrich_from(inputs, &[])
+    }
+
+    /// [`Self::enrich`] for stream records: every output names its source
+    /// (`sources[i]` for `inputs[i]`; outputs of inputs past its end name none).
+    pub fn enrich_from(&self, inputs: &[&[u8]], sources: &[RecordSource<'_>]) -> Enriched {
+        let source = |i: usize| sources.get(i);
         let mut outcomes: Vec<Option<Outcome>> = vec![None; inputs.len()];
         let mut by_region: HashMap<&str, RegionBatch<'_>> = HashMap::new();
         // Each region's rules as of the batch's start, taken on first use.
@@ -146,14 +153,14 @@ impl Enricher {
             let signup = match SignUp::decode(input) {
                 Ok(s) => s,
                 Err(e) => {
-                    outcomes[i] = Some(dead(Reason::InvalidRecord, &e.to_string(), None, input));
+                    outcomes[i] = Some(dead(Reason::InvalidRecord, &e.to_string(), None, input, source(i)));
                     continue;
                 }
             };
             let region = match self.route(&signup) {
                 Route::Region(region) => region,
                 Route::Unknown(why) => {
-                    outcomes[i] = Some(dead(Reason::UnknownRegion, &why, None, input));
+                    outcomes[i] = Some(dead(Reason::UnknownRegion, &why, None, input, source(i)));
                     continue;
                 }
             };
@@ -170,7 +177,7 @@ impl Enricher {
                 }
                 Serving::Unserved(why) => {
                     let why = format!("region {region} has no usable module: {why}");
-                    outcomes[i] = Some(dead(Reason::UnknownRegion, &why, None, input));
+                    outcomes[i] = Some(dead(Reason::UnknownRegion, &why, None, input, source(i)));
                 }
             }
         }
@@ -194,7 +201,7 @@ impl Enricher {
                 outcomes[i] = Some(match result {
                     Ok(offers) => {
                         let mut line = Vec::with_capacity(512);
-                        encoder.write(&mut line, signup, &offers);
+                        encoder.write(&mut line, signup, &offers, source(i));
                         Outcome::Offer { user_id: signup.user_id.to_string(), line }
                     }
                     Err(failure) => {
@@ -205,7 +212,7 @@ impl Enricher {
                             FailureKind::Memory => Reason::ModuleMemory,
                             FailureKind::BadResult => Reason::ModuleBadResult,
                         };
-                        dead(reason, &failure.detail, Some(RuleRef::from(info)), inputs[i])
+                        dead(reason, &failure.detail, Some(RuleRef::from(info)), inputs[i], source(i))
                     }
                 });
             }
@@ -236,8 +243,14 @@ impl Enricher {
     }
 }
 
-fn dead(reason: Reason, detail: &str, rule: Option<RuleRef<'_>>, input: &[u8]) -> Outcome {
+fn dead(
+    reason: Reason,
+    detail: &str,
+    rule: Option<RuleRef<'_>>,
+    input: &[u8],
+    source: Option<&RecordSource<'_>>,
+) -> Outcome {
     let mut line = Vec::with_capacity(input.len().min(record::MAX_DEAD_LETTER_INPUT) + 256);
-    record::write_dead_letter(&mut line, reason, detail, rule, input);
+    record::write_dead_letter(&mut line, reason, detail, rule, input, source);
     Outcome::DeadLetter { reason, line }
 }

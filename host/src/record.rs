@@ -78,7 +78,7 @@ pub struct OfferEncoder {
     region: Box<str>,
     /// `"currency":"…"}` closing every money object.
     currency: Box<str>,
-    /// `,"rule":{…}}` closing the record.
+    /// `,"rule":{…}`; the record's source, if any, and `}` follow.
     rule: Box<str>,
 }
 
@@ -122,13 +122,14 @@ impl OfferEncoder {
             promos,
             region: format!(r#","region":{},"country":"#, json(&catalog.region)).into(),
             currency: format!(r#""currency":{}}}"#, json(&catalog.currency)).into(),
-            rule: format!(r#","rule":{}}}"#, json(&RuleRef::from(info))).into(),
+            rule: format!(r#","rule":{}"#, json(&RuleRef::from(info))).into(),
         }
     }
 
-    /// Appends one offer record as a JSON line (without the newline).
-    /// Indices in `offers` were checked against the catalog by the engine.
-    pub fn write(&self, out: &mut Vec<u8>, signup: &SignUp<'_>, offers: &[Offer]) {
+    /// Appends one offer record as a JSON line (without the newline), with
+    /// its `source` when it came from a stream. Indices in `offers` were
+    /// checked against the catalog by the engine.
+    pub fn write(&self, out: &mut Vec<u8>, signup: &SignUp<'_>, offers: &[Offer], source: Option<&RecordSource<'_>>) {
         out.extend_from_slice(br#"{"user_id":"#);
         serde_json::to_writer(&mut *out, signup.user_id.as_ref()).expect("writing to a Vec cannot fail");
         out.extend_from_slice(self.region.as_bytes());
@@ -152,6 +153,11 @@ impl OfferEncoder {
         }
         out.push(b']');
         out.extend_from_slice(self.rule.as_bytes());
+        if let Some(source) = source {
+            out.extend_from_slice(br#","source":"#);
+            serde_json::to_writer(&mut *out, source).expect("writing to a Vec cannot fail");
+        }
+        out.push(b'}');
     }
 
     fn money(&self, out: &mut Vec<u8>, key: &[u8], amount_minor: u64) {
@@ -172,6 +178,17 @@ pub const MAX_DEAD_LETTER_INPUT: usize = 64 * 1024;
 /// kept in dead letters and log lines.
 pub const MAX_DETAIL: usize = 4 * 1024;
 
+/// Where a record came from on a stream: `"source"` of every output, so
+/// consumers can fetch the input and drop what at-least-once repeats.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RecordSource<'a> {
+    pub shard_id: &'a str,
+    pub sequence_number: &'a str,
+    /// Its place in a KPL aggregate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub_sequence_number: Option<usize>,
+}
+
 #[derive(Serialize)]
 struct DeadLetter<'a> {
     reason: Reason,
@@ -187,6 +204,8 @@ struct DeadLetter<'a> {
     input_bytes: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     input_sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'a RecordSource<'a>>,
 }
 
 /// `text` cut to at most `max` bytes, at a character boundary, with `…`
@@ -203,8 +222,15 @@ pub fn truncated(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
 /// base64 (with `"input_encoding": "base64"`) when it is not UTF-8; past
 /// [`MAX_DEAD_LETTER_INPUT`] bytes only its start is kept, with
 /// `"input_truncated": true`, `input_bytes` and `input_sha256` of the whole.
-/// The detail is cut at [`MAX_DETAIL`].
-pub fn write_dead_letter(out: &mut Vec<u8>, reason: Reason, detail: &str, rule: Option<RuleRef<'_>>, input: &[u8]) {
+/// The detail is cut at [`MAX_DETAIL`]. `source` names the stream record.
+pub fn write_dead_letter(
+    out: &mut Vec<u8>,
+    reason: Reason,
+    detail: &str,
+    rule: Option<RuleRef<'_>>,
+    input: &[u8],
+    source: Option<&RecordSource<'_>>,
+) {
     let input_truncated = input.len() > MAX_DEAD_LETTER_INPUT;
     let (input_bytes, input_sha256) = if input_truncated {
         (Some(input.len()), Some(format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(input))))
@@ -234,13 +260,14 @@ pub fn write_dead_letter(out: &mut Vec<u8>, reason: Reason, detail: &str, rule: 
         input_truncated,
         input_bytes,
         input_sha256,
+        source,
     };
     serde_json::to_writer(out, &letter).expect("serialising plain structs to a Vec cannot fail");
 }
 
 /// Appends the dead letter that stands for an output Kinesis refused for
 /// good. It carries no input: its `source` names the record to fetch.
-pub fn write_output_rejected(out: &mut Vec<u8>, detail: &str) {
+pub fn write_output_rejected(out: &mut Vec<u8>, detail: &str, source: &RecordSource<'_>) {
     let letter = DeadLetter {
         reason: Reason::OutputRejected,
         detail: &truncated(detail, MAX_DETAIL),
@@ -250,6 +277,7 @@ pub fn write_output_rejected(out: &mut Vec<u8>, detail: &str) {
         input_truncated: true,
         input_bytes: None,
         input_sha256: None,
+        source: Some(source),
     };
     serde_json::to_writer(out, &letter).expect("serialising plain structs to a Vec cannot fail");
 }

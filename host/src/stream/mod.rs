@@ -8,14 +8,15 @@
 //! - [`sink`]: PutRecords: retry what can succeed, per-key order, refusals.
 //! - `backoff`: the jittered exponential backoff of every retry.
 //! - [`kpl`]: de-aggregation of records packed by the Kinesis Producer Library.
-//! - `shard`: the read–enrich–write–checkpoint loop of one shard, and [`prepare`],
-//!   its per-record work without the network.
+//! - `shard`: the read–enrich–write–checkpoint loop of one shard.
+//! - `prepare`: a batch's per-record work without the network ([`prepare()`]).
 
 pub mod aws;
 mod backoff;
 pub mod checkpoint;
 pub mod feed;
 pub mod kpl;
+mod prepare;
 mod shard;
 pub mod sink;
 
@@ -34,8 +35,8 @@ use crate::metrics::Metrics;
 use backoff::Backoff;
 use checkpoint::{Checkpoint, CheckpointStore};
 use feed::ShardStart;
+pub use prepare::{PreparedBatch, prepare};
 use shard::ShardExit;
-pub use shard::{PreparedBatch, prepare};
 
 /// Where a shard without a checkpoint starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

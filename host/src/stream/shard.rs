@@ -13,9 +13,10 @@ use tokio::sync::watch;
 use super::RunConfig;
 use super::checkpoint::{Checkpoint, CheckpointStore};
 use super::feed::{Feed, Read};
-use super::kpl::{self, Unpacked};
+use super::kpl;
+use super::prepare::{PreparedBatch, SourceId, dead_letter_key, prepare};
 use super::sink::{self, Entry, PutError, RecordSink, Rejected};
-use crate::enricher::{Enricher, Outcome, RegionTally};
+use crate::enricher::Enricher;
 use crate::metrics::Metrics;
 use crate::record::{self, Reason};
 
@@ -209,16 +210,13 @@ impl ShardReader {
             return Ok(Vec::new());
         }
         let letter = |entries: &[Entry], sources: &[SourceId], what: &str, r: &Rejected| {
-            let source = sources[r.index].resolve(records);
+            let source = sources[r.index].resolve(&self.shard_id, records);
             let refused = &entries[r.index];
             let detail = format!("Kinesis refused the {what} ({} bytes): {}", refused.data.len(), r.reason);
             tracing::warn!(shard_id = self.shard_id, sequence_number = source.sequence_number, %detail, "output refused");
-            let mut line = Vec::new();
-            record::write_output_rejected(&mut line, &detail);
-            Entry {
-                partition_key: dead_letter_key(&self.shard_id, &source),
-                data: with_source(line, &self.shard_id, &source),
-            }
+            let mut data = Vec::new();
+            record::write_output_rejected(&mut data, &detail, &source);
+            Entry { partition_key: dead_letter_key(&source), data }
         };
         let letters: Vec<Entry> = offers
             .iter()
@@ -235,136 +233,6 @@ impl ShardReader {
         }
         Ok(vec![Reason::OutputRejected.as_str(); letters.len() - lost.len()])
     }
-}
-
-/// A batch ready to publish.
-pub struct PreparedBatch {
-    pub offers: Vec<Entry>,
-    /// Where each offer came from, to name it if Kinesis refuses it.
-    offer_sources: Vec<SourceId>,
-    pub dead_letters: Vec<Entry>,
-    dead_letter_sources: Vec<SourceId>,
-    /// One per dead letter, for metrics.
-    pub dead_letter_reasons: Vec<&'static str>,
-    pub by_region: Vec<RegionTally>,
-}
-
-/// Where one user record came from: a Kinesis record, or one record of a
-/// KPL aggregate.
-struct Source<'a> {
-    data: &'a [u8],
-    sequence_number: &'a str,
-    sub_sequence_number: Option<usize>,
-}
-
-/// A [`Source`] by position in its batch.
-#[derive(Debug, Clone, Copy)]
-struct SourceId {
-    record: usize,
-    sub_sequence_number: Option<usize>,
-}
-
-impl SourceId {
-    fn resolve(self, records: &[Record]) -> Source<'_> {
-        let record = &records[self.record];
-        Source { data: &[], sequence_number: record.sequence_number(), sub_sequence_number: self.sub_sequence_number }
-    }
-}
-
-/// The host's whole per-record work short of the network: de-aggregate
-/// (refusing aggregates of more than `max_aggregate_records`), enrich, and
-/// tag every output with its source. Outputs keep input order.
-pub fn prepare(enricher: &Enricher, shard_id: &str, records: &[Record], max_aggregate_records: usize) -> PreparedBatch {
-    let unpacked: Vec<Unpacked<'_>> =
-        records.iter().map(|r| kpl::unpack(r.data().as_ref(), max_aggregate_records)).collect();
-    let mut batch = PreparedBatch {
-        offers: Vec::with_capacity(records.len()),
-        offer_sources: Vec::with_capacity(records.len()),
-        dead_letters: Vec::new(),
-        dead_letter_sources: Vec::new(),
-        dead_letter_reasons: Vec::new(),
-        by_region: Vec::new(),
-    };
-    let mut sources: Vec<(Source<'_>, SourceId)> = Vec::with_capacity(records.len());
-    for (index, (record, unpacked)) in records.iter().zip(&unpacked).enumerate() {
-        let sequence_number = record.sequence_number();
-        match unpacked {
-            Unpacked::Plain => sources.push((
-                Source { data: record.data().as_ref(), sequence_number, sub_sequence_number: None },
-                SourceId { record: index, sub_sequence_number: None },
-            )),
-            Unpacked::Aggregate(users) => {
-                sources.extend(users.iter().enumerate().map(|(i, u)| {
-                    (
-                        Source { data: u.data, sequence_number, sub_sequence_number: Some(i) },
-                        SourceId { record: index, sub_sequence_number: Some(i) },
-                    )
-                }));
-            }
-            Unpacked::Corrupt(why) => {
-                let mut line = Vec::new();
-                record::write_dead_letter(&mut line, Reason::InvalidRecord, why, None, record.data().as_ref());
-                let source = Source { data: &[], sequence_number, sub_sequence_number: None };
-                batch.dead_letter_reasons.push(Reason::InvalidRecord.as_str());
-                batch.dead_letters.push(Entry {
-                    partition_key: dead_letter_key(shard_id, &source),
-                    data: with_source(line, shard_id, &source),
-                });
-                batch.dead_letter_sources.push(SourceId { record: index, sub_sequence_number: None });
-            }
-        }
-    }
-    let inputs: Vec<&[u8]> = sources.iter().map(|(s, _)| s.data).collect();
-    let enriched = enricher.enrich(&inputs);
-    for ((source, id), outcome) in sources.iter().zip(enriched.outcomes) {
-        match outcome {
-            Outcome::Offer { user_id, line } => {
-                batch.offers.push(Entry { partition_key: user_id, data: with_source(line, shard_id, source) });
-                batch.offer_sources.push(*id);
-            }
-            Outcome::DeadLetter { line, reason } => {
-                batch.dead_letter_reasons.push(reason.as_str());
-                batch.dead_letters.push(Entry {
-                    partition_key: dead_letter_key(shard_id, source),
-                    data: with_source(line, shard_id, source),
-                });
-                batch.dead_letter_sources.push(*id);
-            }
-        }
-    }
-    batch.by_region = enriched.by_region;
-    batch
-}
-
-/// A dead letter's partition key: where its record came from. Unique per
-/// record, so dead letters never wait on each other for per-key order (which
-/// means nothing for them: each names its source) and spread over the
-/// dead-letter stream's shards, whatever keys the input used.
-fn dead_letter_key(shard_id: &str, source: &Source<'_>) -> String {
-    let mut key = format!("{shard_id}/{}", source.sequence_number);
-    if let Some(sub) = source.sub_sequence_number {
-        key.push('/');
-        key.push_str(itoa::Buffer::new().format(sub));
-    }
-    if record::partition_key_fits(&key) { key } else { shard_id.to_owned() }
-}
-
-/// Adds `"source": {"shard_id", "sequence_number"[, "sub_sequence_number"]}`
-/// to a JSON object line, so consumers can de-duplicate what at-least-once
-/// delivery repeats.
-fn with_source(mut line: Vec<u8>, shard_id: &str, source: &Source<'_>) -> Vec<u8> {
-    debug_assert_eq!(line.last(), Some(&b'}'), "outcomes are JSON objects");
-    line.pop();
-    line.extend_from_slice(br#","source":{"shard_id":"#);
-    serde_json::to_writer(&mut line, shard_id).expect("writing to a Vec cannot fail");
-    line.extend_from_slice(br#","sequence_number":"#);
-    serde_json::to_writer(&mut line, source.sequence_number).expect("writing to a Vec cannot fail");
-    if let Some(sub) = source.sub_sequence_number {
-        line.extend_from_slice(br#","sub_sequence_number":"#);
-        line.extend_from_slice(itoa::Buffer::new().format(sub).as_bytes());
-    }
-    line.extend_from_slice(b"}}");
-    line
 }
 
 #[cfg(test)]
