@@ -78,3 +78,38 @@ impl wasmtime::ResourceLimiter for MemoryCap {
         MAX_MEMORIES
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Engine;
+
+    /// A core module with `memories` memories of one page each, encoded by hand.
+    fn module_with_memories(memories: u8) -> Vec<u8> {
+        let mut section = vec![memories];
+        for _ in 0..memories {
+            section.extend_from_slice(&[0x00, 0x01]);
+        }
+        let mut bytes = b"\0asm\x01\0\0\0".to_vec();
+        bytes.extend_from_slice(&[0x05, section.len() as u8]);
+        bytes.extend_from_slice(&section);
+        bytes
+    }
+
+    fn instantiate(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<()> {
+        let module = wasmtime::Module::new(&engine.inner, bytes)?;
+        let mut store = wasmtime::Store::new(&engine.inner, MemoryCap { cap: 64 << 20 });
+        store.limiter(|cap| cap);
+        wasmtime::Instance::new(&mut store, &module, &[]).map(drop)
+    }
+
+    /// The cap is per instance: an instance may not multiply it by
+    /// declaring more memories.
+    #[test]
+    fn an_instance_gets_one_memory() {
+        let engine = Engine::new(Limits::default()).unwrap();
+        instantiate(&engine, &module_with_memories(1)).unwrap();
+        let err = instantiate(&engine, &module_with_memories(2)).unwrap_err();
+        assert!(format!("{err:#}").contains("memory count too high"), "{err:#}");
+    }
+}
