@@ -126,6 +126,16 @@ impl Enricher {
         names
     }
 
+    /// Shrinks every region's pool of idle instances to what the last period
+    /// needed (see [`RegionRules::trim_idle`]).
+    pub fn trim_idle(&self) {
+        for serving in self.regions.values() {
+            if let Serving::Active(active) = &**serving.load() {
+                active.rules.trim_idle();
+            }
+        }
+    }
+
     /// Makes `active` serve `region` from the next batch on, returning what
     /// served it. Batches already running finish on what they started with.
     ///

@@ -20,6 +20,9 @@ use crate::rollout::{self, Rollout};
 use crate::stream::checkpoint::{CheckpointStore, FileCheckpoints};
 use crate::stream::{self, RunConfig};
 
+/// How often idle module instances beyond the last period's need are dropped.
+const TRIM_EVERY: Duration = Duration::from_secs(60);
+
 /// Everything `offerd run` is told.
 pub struct Settings {
     pub stream: RunConfig,
@@ -83,6 +86,14 @@ pub async fn run(
     .await
     .context("the start-up task panicked")??;
     let _watcher = rollout::watcher::start(rollout.clone())?;
+    let trimmed = enricher.clone();
+    let trimmer = tokio::spawn(async move {
+        let mut every = tokio::time::interval(TRIM_EVERY);
+        loop {
+            every.tick().await;
+            trimmed.trim_idle();
+        }
+    });
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
     if let Some(listener) = listeners.metrics {
@@ -97,6 +108,7 @@ pub async fn run(
         let _ = stop.send(true);
     });
     stream::run(client, config, store, enricher, metrics, stopping).await?;
+    trimmer.abort();
     for server in servers {
         let _ = server.await;
     }

@@ -199,3 +199,39 @@ fn the_publication_gate_refuses_broken_modules_and_passes_good_ones() {
     // Without cases the misbehaving module passes: its smoke batch neither traps nor stalls.
     assert!(gate(&engine, &bytes("misbehave"), europe, &[]).is_ok());
 }
+
+/// Shards enriching one region at once grow its pool of primed instances;
+/// a periodic trim shrinks it back to what the last period needed.
+#[test]
+fn the_instance_pool_grows_with_concurrent_batches_and_is_trimmed_when_idle() {
+    let rules = Arc::new(europe(load(&engine(), "reference").unwrap()));
+    let inputs: Vec<Vec<u8>> = (0..5_000)
+        .map(|i| {
+            format!(r#"{{"user_id": "u{i}", "location": {{"country": "DE", "lat": 52.5, "lon": 13.4}}}}"#).into_bytes()
+        })
+        .collect();
+    let inputs = Arc::new(inputs);
+    let barrier = Arc::new(std::sync::Barrier::new(4));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (rules, inputs, barrier) = (rules.clone(), inputs.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let signups: Vec<SignUp<'_>> = inputs.iter().map(|b| SignUp::decode(b).unwrap()).collect();
+                let batch: Vec<&SignUp<'_>> = signups.iter().collect();
+                barrier.wait();
+                for _ in 0..3 {
+                    assert!(rules.enrich(&batch).iter().all(Result::is_ok));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let grown = rules.idle_instances();
+    assert!((2..=4).contains(&grown), "{grown} idle instances after 4 concurrent callers");
+    rules.trim_idle(); // keeps the period's peak
+    assert_eq!(rules.idle_instances(), grown);
+    rules.trim_idle(); // an idle period: one instance is enough
+    assert_eq!(rules.idle_instances(), 1);
+}

@@ -2,6 +2,7 @@
 //! isolation of the record that makes a module fail.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,26 @@ pub struct RegionRules {
     /// Built once: `init` runs per instance, not per batch.
     wit_catalog: wit::Catalog,
     idle: Mutex<Vec<Primed>>,
+    /// Instances in calls now, and the most at once since the last trim.
+    busy: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// Counts an instance as busy for as long as it lives.
+struct Busy<'a>(&'a RegionRules);
+
+impl<'a> Busy<'a> {
+    fn start(rules: &'a RegionRules) -> Self {
+        let now = rules.busy.fetch_add(1, Ordering::Relaxed) + 1;
+        rules.peak.fetch_max(now, Ordering::Relaxed);
+        Self(rules)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl RegionRules {
@@ -71,7 +92,14 @@ impl RegionRules {
     /// # Errors
     /// The module traps in `init` or refuses the catalog.
     pub fn new(module: Arc<RuleModule>, catalog: Arc<RegionCatalog>) -> Result<Self, ModuleError> {
-        let rules = Self { wit_catalog: convert::catalog(&catalog), module, catalog, idle: Mutex::new(Vec::new()) };
+        let rules = Self {
+            wit_catalog: convert::catalog(&catalog),
+            module,
+            catalog,
+            idle: Mutex::new(Vec::new()),
+            busy: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+        };
         let primed = rules.prime()?;
         rules.idle.lock().expect("pool lock is never held across a panic").push(primed);
         Ok(rules)
@@ -89,6 +117,19 @@ impl RegionRules {
     /// needs one, not a pool).
     pub fn trim(&self, keep: usize) {
         self.idle.lock().expect("pool lock is never held across a panic").truncate(keep);
+    }
+
+    /// Drops the idle instances the last period did not need: keeps as many
+    /// as were busy at once since the previous call (at least one). Called
+    /// periodically, it lets a pool grown by a burst of shards shrink back.
+    pub fn trim_idle(&self) {
+        let peak = self.peak.swap(self.busy.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.trim(peak.max(1));
+    }
+
+    /// Instances primed and idle.
+    pub fn idle_instances(&self) -> usize {
+        self.idle.lock().expect("pool lock is never held across a panic").len()
     }
 
     /// One result per sign-up, in order. A batch runs in one call; if the
@@ -144,6 +185,7 @@ impl RegionRules {
         inputs: &[wit::SignUp],
         left: Duration,
     ) -> Result<Vec<Result<Vec<wit::Offer>, wit::RuleError>>, Failure> {
+        let _busy = Busy::start(self);
         let idle = self.idle.lock().expect("pool lock is never held across a panic").pop();
         let mut primed = match idle {
             Some(p) => p,
