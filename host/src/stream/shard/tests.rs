@@ -108,7 +108,7 @@ fn signup(user: &str) -> String {
 /// The record the issue found stalling a shard: a 1,000,000-byte line of
 /// invalid UTF-8, between good ones. Its dead letter fits Kinesis's limit
 /// and names where the whole record is; the shard goes on to its end.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn a_megabyte_of_invalid_utf8_is_one_bounded_dead_letter() {
     let huge = vec![0xff; 1_000_000];
     let reads = vec![vec![record(1, "a", signup("a")), record(2, "b", huge), record(3, "c", signup("c"))]];
@@ -126,7 +126,7 @@ async fn a_megabyte_of_invalid_utf8_is_one_bounded_dead_letter() {
 
 /// An entry Kinesis refuses for good becomes a small output-rejected dead
 /// letter naming its source; the batch is checkpointed and the shard goes on.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn a_refused_write_becomes_an_output_rejected_letter_and_the_shard_goes_on() {
     let sink = FakeSink {
         entry_fault: Some(Box::new(|_, data| {
@@ -150,7 +150,7 @@ async fn a_refused_write_becomes_an_output_rejected_letter_and_the_shard_goes_on
 
 /// A write that can never succeed (the stream is gone) stops the shard with
 /// an error and leaves the batch uncheckpointed, to be read again.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn a_fatal_write_stops_the_shard_without_a_checkpoint() {
     let sink = FakeSink {
         call_fault: Some(Box::new(|_, _| Some(PutFailure::Fatal("ResourceNotFoundException: gone".into())))),
@@ -165,7 +165,7 @@ async fn a_fatal_write_stops_the_shard_without_a_checkpoint() {
 
 /// The aggregate that drove offerd past 2 GiB (a 300,000-character key
 /// shared by 80,000 empty records) is one dead letter.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn a_hostile_aggregate_is_one_dead_letter() {
     let key = "k".repeat(300_000);
     let users = vec![kpl::UserRecord { partition_key: &key, data: b"" }; 80_000];
@@ -180,7 +180,7 @@ async fn a_hostile_aggregate_is_one_dead_letter() {
 
 /// Two Kinesis records holding 6,000 user records each are enriched and
 /// published as two chunks, each checkpointed: never 12,000 at once.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn a_batch_of_large_aggregates_is_processed_in_chunks() {
     let lines: Vec<String> = (0..6_000).map(|i| signup(&format!("u{i}"))).collect();
     let users: Vec<kpl::UserRecord<'_>> =
