@@ -23,16 +23,26 @@ pub(crate) fn error(file: &Path, key: impl Into<String>, reason: impl Into<Strin
 /// hundreds of times that is a mistake, not a catalog.
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
+/// Reads a whole file that may hold at most `limit` bytes, without reading
+/// more than one byte past it: a huge file costs nothing.
+///
+/// # Errors
+/// The file cannot be read, or is larger than `limit` (`InvalidData`).
+pub(crate) fn read_limited(file: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(file)?.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("larger than {limit} bytes")));
+    }
+    Ok(bytes)
+}
+
 /// Parses a TOML file, reporting the dotted path of the key that failed.
 pub(crate) fn parse<T: for<'de> Deserialize<'de>>(file: &Path) -> Result<T, ConfigError> {
-    use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(file)
-        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text))
+    let text = read_limited(file, MAX_FILE_BYTES)
+        .and_then(|bytes| String::from_utf8(bytes).map_err(std::io::Error::other))
         .map_err(|e| error(file, "-", format!("cannot read: {e}")))?;
-    if text.len() as u64 > MAX_FILE_BYTES {
-        return Err(error(file, "-", format!("larger than {MAX_FILE_BYTES} bytes")));
-    }
     let at_line = |e: &toml::de::Error| {
         let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
         line.map(|l| format!(" (line {l})")).unwrap_or_default()

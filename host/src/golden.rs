@@ -67,7 +67,9 @@ pub struct Verdict {
 pub fn load(files: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, Case)>> {
     let mut cases = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading case file {}", file.display()))?;
+        let text = crate::config_file::read_limited(file, crate::config_file::MAX_FILE_BYTES)
+            .and_then(|bytes| String::from_utf8(bytes).map_err(std::io::Error::other))
+            .with_context(|| format!("reading case file {}", file.display()))?;
         let parsed: CaseFile =
             serde_json::from_str(&text).with_context(|| format!("{} is not a golden-case file", file.display()))?;
         match parsed {

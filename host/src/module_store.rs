@@ -113,6 +113,12 @@ impl ModuleStore {
     }
 }
 
+/// A published module's bytes, refusing a file over `limit` bytes without
+/// reading it all. Says which file and why on failure.
+pub fn read_module(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
+    crate::config_file::read_limited(path, limit as u64).map_err(|e| format!("reading {}: {e}", path.display()))
+}
+
 /// The file that serves `region` in `dir`, if any.
 pub fn module_path(dir: &Path, region: &str) -> Option<PathBuf> {
     [region, DEFAULT_MODULE].iter().map(|name| dir.join(format!("{name}.wasm"))).find(|p| p.is_file())
@@ -141,7 +147,7 @@ pub fn load(engine: &Engine, dir: &Path, catalogs: &Catalogs) -> anyhow::Result<
         let module = compiled
             .entry(path.clone())
             .or_insert_with(|| {
-                let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let bytes = read_module(&path, engine.limits().max_module_bytes)?;
                 RuleModule::load(engine, &bytes).map(Arc::new).map_err(|e| format!("{}: {e}", path.display()))
             })
             .clone();

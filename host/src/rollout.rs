@@ -238,20 +238,18 @@ impl Rollout {
             let mut entry = History::default();
             let mut chosen: Option<(RegionRules, Arc<[u8]>)> = None;
             if let Some(path) = store.published(region) {
-                let gated = std::fs::read(&path)
-                    .map_err(|e| Refused::Io(format!("reading {}: {e}", path.display())))
-                    .and_then(|bytes| {
-                        let bytes: Arc<[u8]> = bytes.into();
-                        let cases = cases.as_ref().map_err(|e| Refused::Io(e.to_string()))?;
-                        Ok((gate_module(compile(&bytes)?, catalog.clone(), cases)?, bytes))
-                    });
+                let read = module_store::read_module(&path, engine.limits().max_module_bytes).map(Arc::<[u8]>::from);
+                let digest = read.as_ref().ok().map(|bytes| digest(bytes));
+                let gated = read.map_err(Refused::Io).and_then(|bytes| {
+                    let cases = cases.as_ref().map_err(|e| Refused::Io(e.to_string()))?;
+                    Ok((gate_module(compile(&bytes)?, catalog.clone(), cases)?, bytes))
+                });
                 match gated {
                     Ok(pair) => chosen = Some(pair),
                     Err(refused) => {
                         let reason = refused.to_string();
                         tracing::error!(region, file = %path.display(), %reason, "published module refused at start-up");
                         metrics.reload(region, false);
-                        let digest = std::fs::read(&path).ok().map(|b| digest(&b));
                         entry.last_refusal =
                             Some(Refusal { at: SystemTime::now().into(), origin: Origin::StartUp, digest, reason });
                     }
@@ -413,7 +411,7 @@ impl Rollout {
             .store
             .published(region)
             .ok_or_else(|| Refused::Io(format!("no module for {region} in {}", self.store.dir().display())))?;
-        let bytes = std::fs::read(&path).map_err(|e| Refused::Io(format!("reading {}: {e}", path.display())))?;
+        let bytes = module_store::read_module(&path, self.max_module_bytes()).map_err(Refused::Io)?;
         self.publish(region, bytes, Origin::ModuleStore)
     }
 

@@ -75,13 +75,25 @@ pub fn unpack(data: &[u8], max_records: usize) -> Unpacked<'_> {
     }
 }
 
-/// How many user records `data` makes: an aggregate's count, else one
-/// (a plain record, or a corrupt aggregate's single dead letter).
+/// At most how many user records `data` makes, counted without checking
+/// the digest or decoding the records (and without allocating): an
+/// aggregate's record fields, capped at `max_records + 1`, else one (a plain
+/// record, or an aggregate that will be one dead letter). For sizing work
+/// before [`unpack`] runs.
 pub fn count(data: &[u8], max_records: usize) -> usize {
-    match unpack(data, max_records) {
-        Unpacked::Aggregate(records) => records.len().max(1),
-        Unpacked::Plain | Unpacked::Corrupt(_) => 1,
+    let Some(message) =
+        data.strip_prefix(&MAGIC).and_then(|rest| rest.len().checked_sub(DIGEST_LEN).map(|n| &rest[..n]))
+    else {
+        return 1;
+    };
+    let mut fields = Fields(message);
+    let mut records = 0;
+    while records <= max_records
+        && let Ok(Some((tag, value))) = fields.next()
+    {
+        records += usize::from(tag == 3 && matches!(value, Value::Bytes(_)));
     }
+    records.max(1)
 }
 
 fn decode(message: &[u8], max_records: usize) -> Result<Vec<UserRecord<'_>>, String> {

@@ -18,6 +18,7 @@ fn aggregates_round_trip_and_plain_records_stay_plain() {
     let records = vec![user("a", "{\"n\":1}"), user("b", "{\"n\":2}"), user("a", "{\"n\":3}")];
     let packed = aggregate(&records);
     assert_eq!(unpack(&packed, 10), Unpacked::Aggregate(records));
+    assert_eq!((count(&packed, 10), count(&packed, 1), count(b"{}", 10)), (3, 2, 1));
     assert_eq!(unpack(b"{\"user_id\":\"u\"}", 10), Unpacked::Plain);
     assert_eq!(unpack(&[], 10), Unpacked::Plain);
 }
