@@ -8,6 +8,10 @@ use anyhow::{Context, Result};
 use wit_component::{ComponentEncoder, StringEncoding, dummy_module, embed_component_metadata};
 use wit_parser::{ManglingAndAbi, Resolve};
 
+/// Size of the one function in `slow-to-compile.wasm`: about a second of
+/// compiling on one core of the test machine.
+const SLOW_COMPILE_OPERATIONS: usize = 2_000_000;
+
 fn main() -> Result<()> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let root = xtask::workspace_root();
@@ -16,6 +20,9 @@ fn main() -> Result<()> {
     }
     std::fs::write(out.join("reference.wasm"), xtask::build_component("offer-rules")?)?;
     std::fs::write(out.join("misbehave.wasm"), xtask::build_component("misbehave-rules")?)?;
+    let reference = std::fs::read(out.join("reference.wasm"))?;
+    let slow = xtask::component_edits::with_huge_function(&reference, SLOW_COMPILE_OPERATIONS);
+    std::fs::write(out.join("slow-to-compile.wasm"), slow)?;
 
     let contract = std::fs::read_to_string(root.join("wit/offers-rules.wit"))?;
     let other = "package acme:billing@1.0.0;\nworld billing { export charge: func(cents: u64) -> bool; }\n";

@@ -5,7 +5,8 @@
 //!   version is still compiled: the cached path);
 //! - the longest gap between two finished batches on the swapped region and
 //!   on another region: without publishes, with publishes for a third region
-//!   (the compile's CPU use alone), and with publishes for the region itself.
+//!   (the compile's CPU use alone), with publishes for the region itself, and
+//!   with publishes of a module slow to compile (one huge function).
 //!
 //! `cargo bench -p offerd --bench swap`
 
@@ -19,6 +20,7 @@ use offerd::enricher::{Enricher, Outcome};
 use offerd::metrics::Metrics;
 use offerd::module_store::ModuleStore;
 use offerd::rollout::{Origin, Rollout};
+use xtask::component_edits::with_custom_section;
 
 const PUBLISHES: usize = 20;
 const PHASE: Duration = Duration::from_secs(5);
@@ -84,9 +86,17 @@ fn main() -> anyhow::Result<()> {
     println!("\nlongest gap between two finished batches ({PHASE:?} per phase):");
     println!("{:<28} {:>20} {:>20}", "publishing", "europe", "asia-pacific");
     println!("{:<28} {:>20} {:>20}", "", "longest gap / median", "longest gap / median");
-    // The middle phase compiles and swaps a module for another region: what
-    // the swapped region sees from the compile's CPU use alone.
-    for publish_to in [None, Some("north-america"), Some("europe")] {
+    // The second phase compiles and swaps a module for another region: what
+    // the swapped region sees from the compile's CPU use alone. The last
+    // publishes a module slow to compile (one function of 6 MiB) back to back.
+    let huge = xtask::component_edits::with_huge_function(&v1, 2_000_000);
+    let phases = [
+        (None, "no publishes".to_owned()),
+        (Some(("north-america", &v1)), "north-america every 250 ms".to_owned()),
+        (Some(("europe", &v1)), "europe every 250 ms".to_owned()),
+        (Some(("europe", &huge)), format!("europe, {} MiB one-function", huge.len() >> 20)),
+    ];
+    for (publish_to, label) in phases {
         let stop = Arc::new(AtomicBool::new(false));
         let workers: Vec<_> = [europe.clone(), asia.clone()]
             .into_iter()
@@ -97,23 +107,26 @@ fn main() -> anyhow::Result<()> {
             .collect();
         let end = Instant::now() + PHASE;
         let mut i = 1000;
+        let mut publishes = Vec::new();
         while Instant::now() < end {
             std::thread::sleep(Duration::from_millis(250));
-            if let Some(region) = publish_to {
+            if let Some((region, module)) = publish_to {
                 i += 1;
+                let started = Instant::now();
                 rollout
-                    .publish(region, with_custom_section(&v1, i), Origin::ModuleStore)
+                    .publish(region, with_custom_section(module, i), Origin::ModuleStore)
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
+                publishes.push(started.elapsed());
             }
         }
         stop.store(true, Ordering::Relaxed);
         let gaps: Vec<Gaps> = workers.into_iter().map(|w| w.join().expect("worker panicked")).collect();
-        let label = match publish_to {
-            None => "no publishes".to_owned(),
-            Some(region) => format!("{region} every 250 ms"),
-        };
         let cell = |g: &Gaps| format!("{:.2?} / {:.2?}", g.longest, g.median_batch);
         println!("{label:<28} {:>20} {:>20}", cell(&gaps[0]), cell(&gaps[1]));
+        if !publishes.is_empty() {
+            publishes.sort();
+            println!("{:<28} each publication (compile + gate): median {:.2?}", "", publishes[publishes.len() / 2]);
+        }
         if let Some(mut first) = Some(gaps[0].first_on_new.clone()).filter(|f| !f.is_empty()) {
             first.sort();
             println!(
@@ -141,20 +154,6 @@ fn sign_ups_in(generator: &mut xtask::signups::Generator, catalogs: &Catalogs, r
             }
         }
     }
-    out
-}
-
-/// Appends a custom section named `bench` holding `n`: a valid component
-/// with a new digest, so nothing can be reused from an earlier compile.
-fn with_custom_section(component: &[u8], n: usize) -> Vec<u8> {
-    let name = b"bench";
-    let payload = n.to_le_bytes();
-    let mut out = component.to_vec();
-    out.push(0); // custom section id
-    out.push((1 + name.len() + payload.len()) as u8); // section size (LEB128, < 128)
-    out.push(name.len() as u8);
-    out.extend_from_slice(name);
-    out.extend_from_slice(&payload);
     out
 }
 

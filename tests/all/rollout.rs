@@ -379,3 +379,82 @@ async fn a_restart_serves_what_was_serving_and_can_still_roll_back() {
     );
     child.stop();
 }
+
+/// A module that is slow to compile (one huge function) is compiled beside
+/// the record path, not in its way: batches of the region being published
+/// keep finishing on the old module while the new one compiles, with no gap
+/// anywhere near the compile's length, then switch to the new module.
+#[test]
+fn a_module_slow_to_compile_does_not_hold_up_the_record_path() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use offerd::catalog::Catalogs;
+    use offerd::engine::{Engine, Limits};
+    use offerd::enricher::Outcome;
+    use offerd::metrics::Metrics;
+    use offerd::module_store::ModuleStore;
+    use offerd::rollout::{Origin, Rollout};
+
+    let store = store_with("reference");
+    let catalogs = Arc::new(Catalogs::load(&super::catalogs()).unwrap());
+    let (enricher, rollout) = Rollout::start(
+        Engine::new(Limits::default()).unwrap(),
+        ModuleStore::open(store.path()).unwrap(),
+        &super::catalogs(),
+        catalogs,
+        Arc::new(Metrics::default()),
+    )
+    .unwrap();
+    let inputs: Vec<String> = (0..20).map(|n| signup_at(&format!("u{n}"), n, "DE", 52.5, 13.4)).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Each finished batch: when, and which module served it.
+    let finished: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let worker = std::thread::spawn({
+        let (enricher, stop, finished) = (enricher.clone(), stop.clone(), finished.clone());
+        move || {
+            let refs: Vec<&[u8]> = inputs.iter().map(|s| s.as_bytes()).collect();
+            while !stop.load(Ordering::Relaxed) {
+                let digests: Vec<String> = enricher
+                    .enrich(&refs)
+                    .outcomes
+                    .iter()
+                    .map(|o| match o {
+                        Outcome::Offer { line, .. } => {
+                            let v: Value = serde_json::from_slice(line).unwrap();
+                            v["rule"]["digest"].as_str().unwrap().to_owned()
+                        }
+                        Outcome::DeadLetter { .. } => panic!("a dead letter: {o:?}"),
+                    })
+                    .collect();
+                assert!(digests.windows(2).all(|w| w[0] == w[1]), "one batch, one module: {digests:?}");
+                finished.lock().unwrap().push((Instant::now(), digests[0].clone()));
+            }
+        }
+    });
+
+    let digest_of = |active: &offerd::enricher::Active| active.rules.module().info().digest.clone();
+    let old = digest_of(&enricher.active("europe").unwrap());
+    let slow = std::fs::read(offerd_tests::component("slow-to-compile")).unwrap();
+    let started = Instant::now();
+    let new = digest_of(&rollout.publish("europe", slow, Origin::ModuleStore).unwrap());
+    let published = Instant::now();
+    let deadline = published + DEADLINE;
+    while finished.lock().unwrap().last().is_none_or(|(_, d)| *d != new) {
+        assert!(Instant::now() < deadline, "no batch on the new module");
+        std::thread::yield_now();
+    }
+    stop.store(true, Ordering::Relaxed);
+    worker.join().unwrap();
+
+    let finished = finished.lock().unwrap();
+    // Old module until the swap, the new one from then on.
+    let switch = finished.iter().position(|(_, d)| *d == new).unwrap();
+    assert!(finished[..switch].iter().all(|(_, d)| *d == old) && finished[switch..].iter().all(|(_, d)| *d == new));
+    let compile = published - started;
+    let during = finished[..switch].iter().filter(|(t, _)| *t >= started).count();
+    assert!(during >= 10, "{during} batches finished on the old module during a {compile:?} publication");
+    let longest_gap = finished.windows(2).map(|w| w[1].0 - w[0].0).max().unwrap();
+    assert!(longest_gap * 4 < compile, "longest gap between batches {longest_gap:?} during a {compile:?} compile");
+    eprintln!("compile {compile:?}, {during} batches during it, longest gap {longest_gap:?}");
+}

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 /// A component built by this crate's build script: `reference`, `misbehave`,
+/// `slow-to-compile` (the reference rules with one huge function added),
 /// `other-world`, `future-version` or `with-import`.
 pub fn component(name: &str) -> PathBuf {
     Path::new(env!("OUT_DIR")).join(format!("{name}.wasm"))

@@ -1,11 +1,13 @@
 //! `cargo xtask chaos`: crash trials. `offerd run` is killed with SIGKILL at
-//! random moments while sign-ups stream in — some kills land during
-//! checkpoint writes, some while a module publication is being gated and
-//! swapped — and restarted each time; a last run drains the stream. Then
-//! every input record is looked for in the outputs and dead letters: records
-//! lost (must be 0) and duplicates per crash (at most one batch per shard).
+//! moments while sign-ups stream in — a third at random, a third as soon as
+//! a checkpoint write has begun (its temporary file exists), a third while a
+//! module publication is being gated and swapped — and restarted each time;
+//! a last run drains the stream. Then every input record is looked for in the
+//! outputs and dead letters: records lost (must be 0) and duplicates per crash
+//! (at most one batch per shard).
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -81,6 +83,7 @@ pub fn run(options: &Options) -> Result<()> {
             spawn_offerd(&root, &streams, &modules, &checkpoints, &metrics, &aws_env, &[&extra[..], &[token]].concat())
         };
         let mut swaps_killed = 0;
+        let mut mid_checkpoint = 0;
         for kill in 0..options.kills {
             let admin = free_addr()?;
             let child = spawn(&admin)?;
@@ -96,6 +99,14 @@ pub fn run(options: &Options) -> Result<()> {
                 kill_9(child)?;
                 let _ = publication.await;
                 swaps_killed += 1;
+            } else if kill % 3 == 1 {
+                // Killed as soon as a checkpoint write has begun: counted when
+                // its temporary file is still there, so the kill came before
+                // the rename.
+                kill_at_checkpoint_write(child, &checkpoints)?;
+                if !checkpoint_leftovers(&checkpoints)?.is_empty() {
+                    mid_checkpoint += 1;
+                }
             } else {
                 kill_9(child)?;
             }
@@ -107,11 +118,15 @@ pub fn run(options: &Options) -> Result<()> {
         let outcome = drain(&client, &streams, &sources).await;
         stop(child)?;
         let (covered, outputs) = outcome?;
+        let leftovers = checkpoint_leftovers(&checkpoints)?;
+        if !leftovers.is_empty() {
+            bail!("temporary checkpoint files left after the last run: {leftovers:?}");
+        }
         let lost = sources.len() - covered;
         let duplicates = outputs - covered;
         let bound = options.kills * SHARDS as usize * BATCH_SIZE;
         println!(
-            "{} kills ({swaps_killed} during a publication): {} records in, {lost} lost, {duplicates} duplicates \
+            "{} kills ({swaps_killed} during a publication, {mid_checkpoint} inside a checkpoint write): {} records in, {lost} lost, {duplicates} duplicates \
              ({:.1} per crash; bound one batch per shard per crash = {bound} in all)",
             options.kills,
             sources.len(),
@@ -135,6 +150,30 @@ fn kill_9(mut child: Child) -> Result<()> {
     child.kill()?;
     child.wait()?;
     Ok(())
+}
+
+/// Kills `child` the moment a temporary file of `checkpoints` appears (a
+/// write has begun), or after 5 s.
+fn kill_at_checkpoint_write(child: Child, checkpoints: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while checkpoint_leftovers(checkpoints)?.is_empty() && Instant::now() < deadline {
+        std::hint::spin_loop();
+    }
+    kill_9(child)
+}
+
+/// Temporary files of a checkpoint write (`.<name>.*.tmp` beside it).
+fn checkpoint_leftovers(checkpoints: &Path) -> Result<Vec<String>> {
+    let prefix = format!(".{}.", checkpoints.file_name().and_then(|n| n.to_str()).context("a UTF-8 file name")?);
+    let dir = checkpoints.parent().context("the checkpoint file is in a directory")?;
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && name.ends_with(".tmp") {
+            found.push(name);
+        }
+    }
+    Ok(found)
 }
 
 /// A PUT of a module through the admin API; its answer does not matter (the

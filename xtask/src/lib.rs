@@ -119,5 +119,6 @@ pub fn componentize(core: &[u8]) -> Result<Vec<u8>> {
     wit_component::ComponentEncoder::default().module(core)?.validate(true).encode()
 }
 
+pub mod component_edits;
 pub mod kinesis_local;
 pub mod signups;

@@ -107,6 +107,11 @@ impl FileCheckpoints {
     /// The file exists but is unreadable, or belongs to another stream.
     pub fn open(path: &Path, stream: &str) -> anyhow::Result<Self> {
         let lock = lock(path)?;
+        let leftovers = crate::atomic_file::remove_leftovers(path)
+            .with_context(|| format!("removing temporary files of {}", path.display()))?;
+        if leftovers > 0 {
+            tracing::info!(leftovers, file = %path.display(), "removed temporary files of a write cut short by a crash");
+        }
         let state = match std::fs::read(path) {
             Ok(bytes) => {
                 let state: FileFormat = serde_json::from_slice(&bytes)
@@ -175,5 +180,32 @@ mod tests {
         let names: Vec<String> =
             std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         assert!(names.iter().all(|n| !n.ends_with(".tmp")), "temporary files left: {names:?}");
+    }
+
+    /// What a crash at any point of a write leaves: the old file and a torn
+    /// temporary file (killed before the rename), or the new file (after
+    /// it). Either way the next open reads a whole file and clears the rest.
+    #[test]
+    fn a_crash_mid_write_leaves_the_old_checkpoints_and_a_leftover_that_is_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.json");
+        let store = FileCheckpoints::open(&path, "signups").unwrap();
+        store.set("shardId-0", &Checkpoint::At("49".into())).unwrap();
+        drop(store);
+        let torn = dir.path().join(".cp.json.x1Yz2.tmp");
+        std::fs::write(&torn, br#"{"stream": "signups", "shards": {"shardId-0": "5"#).unwrap();
+        let other = dir.path().join(".other.json.abc.tmp"); // not ours: left alone
+        std::fs::write(&other, b"{").unwrap();
+
+        let reopened = FileCheckpoints::open(&path, "signups").unwrap();
+        assert_eq!(reopened.get("shardId-0"), Some(Checkpoint::At("49".into())));
+        assert!(!torn.exists(), "the torn temporary file is removed");
+        assert!(other.exists());
+        reopened.set("shardId-0", &Checkpoint::At("51".into())).unwrap();
+        drop(reopened);
+        assert_eq!(
+            FileCheckpoints::open(&path, "signups").unwrap().get("shardId-0"),
+            Some(Checkpoint::At("51".into()))
+        );
     }
 }
