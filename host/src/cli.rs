@@ -257,16 +257,23 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let settings = args.settings.resolve(args.config.as_deref())?;
     let admin_token = settings.admin_token_file.as_deref().map(admin::read_token).transpose()?;
     let admin_tls = settings.admin_tls.as_ref().map(|(cert, key)| crate::tls::server_config(cert, key)).transpose()?;
-    let service_settings = service::Settings {
-        stream: settings.stream,
-        modules: settings.modules,
-        catalogs: settings.catalogs,
-        checkpoints: settings.checkpoints,
-        limits: args.limits.limits(),
-        stall_after: settings.stall_after,
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async move {
+        let sdk = stream::aws::sdk_config().await?;
+        let checkpoints = match settings.leases {
+            None => service::Checkpoints::File(settings.checkpoints),
+            Some(leases) => {
+                service::Checkpoints::Leases { settings: leases, client: aws_sdk_dynamodb::Client::new(&sdk) }
+            }
+        };
+        let service_settings = service::Settings {
+            stream: settings.stream,
+            modules: settings.modules,
+            catalogs: settings.catalogs,
+            checkpoints,
+            limits: args.limits.limits(),
+            stall_after: settings.stall_after,
+        };
         let mut listeners = service::Listeners::default();
         if let Some(addr) = settings.metrics_addr {
             listeners.metrics = Some(http_server::bind(addr, "--metrics-addr").await?);
@@ -275,7 +282,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let listener = http_server::bind(addr, "--admin-addr").await?;
             listeners.admin = Some(service::AdminEndpoint { listener, token, tls: admin_tls });
         }
-        let client = stream::aws::kinesis_client().await?;
+        let client = aws_sdk_kinesis::Client::new(&sdk);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing a SIGTERM handler")?;
         let signal = async move {

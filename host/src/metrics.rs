@@ -53,6 +53,11 @@ struct StreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LeaseEventLabels {
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeadLetterLabels {
     reason: &'static str,
 }
@@ -75,6 +80,9 @@ pub struct Metrics {
     put_rejected: Family<StreamLabels, Counter>,
     shard_failures: Family<ShardLabels, Counter>,
     last_checkpoint: Family<ShardLabels, Gauge>,
+    leases_held: Gauge,
+    lease_events: Family<LeaseEventLabels, Counter>,
+    lease_renewal_seconds: Histogram,
     /// Offers and module failures per region, for the admin API.
     region_totals: Mutex<HashMap<String, (u64, u64)>>,
     /// Set once every shard reader has started; cleared on shutdown.
@@ -125,6 +133,22 @@ impl Metrics {
         let put_rejected = Family::<StreamLabels, Counter>::default();
         let shard_failures = Family::<ShardLabels, Counter>::default();
         let last_checkpoint = Family::<ShardLabels, Gauge>::default();
+        let leases_held = Gauge::default();
+        let lease_events = Family::<LeaseEventLabels, Counter>::default();
+        // 1 ms to about 4 s.
+        let lease_renewal_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 13));
+        registry.register("leases_held", "Shard leases this worker holds (with --lease-table)", leases_held.clone());
+        registry.register(
+            "lease_events",
+            "Shard leases taken (unowned or expired), stolen (from a more loaded worker), lost (to another worker) \
+             and released (at shutdown)",
+            lease_events.clone(),
+        );
+        registry.register(
+            "lease_renewal_seconds",
+            "Time of one renewal round of every lease held",
+            lease_renewal_seconds.clone(),
+        );
         registry.register(
             "put_entries_retried",
             "PutRecords entries that failed with a retryable error (throttling, service faults) and were sent again",
@@ -201,6 +225,9 @@ impl Metrics {
             put_rejected,
             shard_failures,
             last_checkpoint,
+            leases_held,
+            lease_events,
+            lease_renewal_seconds,
             region_totals: Mutex::default(),
             ready: AtomicBool::new(false),
             shards: Mutex::default(),
@@ -350,6 +377,19 @@ impl Metrics {
         self.progressed_at(shard_id, Instant::now());
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         self.last_checkpoint.get_or_create(&ShardLabels { shard_id: shard_id.to_owned() }).set(now as i64);
+    }
+
+    pub fn leases_held(&self, held: usize) {
+        self.leases_held.set(i64::try_from(held).unwrap_or(i64::MAX));
+    }
+
+    /// `event`: `taken`, `stolen`, `lost` or `released`.
+    pub fn lease_event(&self, event: &'static str) {
+        self.lease_events.get_or_create(&LeaseEventLabels { event }).inc();
+    }
+
+    pub fn lease_renewal_seconds(&self, seconds: f64) {
+        self.lease_renewal_seconds.observe(seconds);
     }
 
     pub fn set_ready(&self, ready: bool) {

@@ -18,6 +18,7 @@ use crate::metrics::{self, Metrics};
 use crate::module_store::ModuleStore;
 use crate::rollout::{self, Rollout};
 use crate::stream::checkpoint::{CheckpointStore, FileCheckpoints};
+use crate::stream::lease::{LeaseSettings, LeaseTable, Leases};
 use crate::stream::{self, RunConfig};
 
 /// How often idle module instances beyond the last period's need are dropped.
@@ -30,11 +31,19 @@ pub struct Settings {
     pub modules: PathBuf,
     /// Catalog directory.
     pub catalogs: PathBuf,
-    /// Checkpoint file (locked for the service's lifetime).
-    pub checkpoints: PathBuf,
+    pub checkpoints: Checkpoints,
     pub limits: Limits,
     /// See [`Metrics::stalled_shards`].
     pub stall_after: Duration,
+}
+
+/// Where checkpoints live, and with them who reads which shard.
+pub enum Checkpoints {
+    /// A file, locked for the service's lifetime: this process reads every shard.
+    File(PathBuf),
+    /// A DynamoDB lease table shared by several workers: this one reads the
+    /// shards it holds a lease on.
+    Leases { settings: LeaseSettings, client: aws_sdk_dynamodb::Client },
 }
 
 /// The admin API: its listener, bearer token and TLS, if served.
@@ -52,7 +61,7 @@ pub struct Listeners {
     pub admin: Option<AdminEndpoint>,
 }
 
-/// Takes the checkpoint lock, loads catalogs and modules (each region's
+/// Takes the checkpoint lock (or opens the lease table), loads catalogs and modules (each region's
 /// module gated), serves the listeners, watches the module store and
 /// catalogs, and consumes the stream until `shutdown` completes; then
 /// finishes in-flight batches, checkpoints and returns.
@@ -70,13 +79,27 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new(stall_after));
     let input_stream = config.input_stream.clone();
     let started_metrics = metrics.clone();
+    // First: a lease table that cannot be used, or a second offerd on the
+    // same checkpoint file, stops start-up before anything is compiled.
+    // (The leases, or the path of the file to open off the async threads.)
+    let opened: Result<Arc<Leases>, PathBuf> = match checkpoints {
+        Checkpoints::File(path) => Err(path),
+        Checkpoints::Leases { settings, client } => {
+            let table = LeaseTable::open(client, &settings.table).await?;
+            tracing::info!(table = settings.table, worker_id = settings.worker_id, "sharing the stream through leases");
+            Ok(Arc::new(Leases::new(table, &settings, metrics.clone())))
+        }
+    };
+    let leases = opened.as_ref().ok().cloned();
     // Blocking work: locking and reading files, compiling and gating modules.
     let (store, enricher, rollout) = tokio::task::spawn_blocking(move || {
-        // First: a second offerd on the same checkpoints stops before compiling anything.
-        let store: Arc<dyn CheckpointStore> = Arc::new(
-            FileCheckpoints::open(&checkpoints, &input_stream)
-                .with_context(|| format!("opening checkpoints {}", checkpoints.display()))?,
-        );
+        let store: Arc<dyn CheckpointStore> = match opened {
+            Ok(leases) => leases,
+            Err(path) => Arc::new(
+                FileCheckpoints::open(&path, &input_stream)
+                    .with_context(|| format!("opening checkpoints {}", path.display()))?,
+            ),
+        };
         let loaded = Arc::new(Catalogs::load(&catalogs)?);
         let engine = Engine::new(limits)?;
         let (enricher, rollout) =
@@ -107,7 +130,7 @@ pub async fn run(
         tracing::info!("stopping: finishing in-flight batches, then checkpointing");
         let _ = stop.send(true);
     });
-    stream::run(client, config, store, enricher, metrics, stopping).await?;
+    stream::run(client, config, store, leases, enricher, metrics, stopping).await?;
     trimmer.abort();
     for server in servers {
         let _ = server.await;

@@ -4,6 +4,7 @@
 mod cli_enrich;
 mod cli_test;
 mod engine;
+mod leases;
 mod rollout;
 mod stream;
 

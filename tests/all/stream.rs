@@ -132,50 +132,65 @@ impl Kinesis {
         catalogs: &Path,
         extra: &[&str],
     ) -> Offerd {
-        let child = Command::new(env!("CARGO_BIN_EXE_offerd-cli"))
+        let mut command = self.offerd_command(streams, modules, catalogs);
+        command.args(extra).arg("--checkpoints").arg(checkpoints);
+        Offerd(Some(command.spawn().unwrap()))
+    }
+
+    /// `offerd run` on `streams`, through this account, without checkpoint
+    /// settings.
+    pub(super) fn offerd_command(&self, streams: &Streams, modules: &Path, catalogs: &Path) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_offerd-cli"));
+        command
             .args(["run", "--input-stream", &streams.input, "--output-stream", &streams.output])
             .args(["--dead-letter-stream", &streams.dlq])
-            .args(extra)
             .arg("--modules")
             .arg(modules)
             .arg("--catalogs")
             .arg(catalogs)
-            .arg("--checkpoints")
-            .arg(checkpoints)
             .env("AWS_ENDPOINT_URL", endpoint())
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ACCESS_KEY_ID", &self.account)
             .env("AWS_SECRET_ACCESS_KEY", "secret")
             .env("OFFERD_LOG", std::env::var("OFFERD_TEST_LOG").as_deref().unwrap_or("warn"))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        Offerd(Some(child))
+            .stdout(Stdio::null());
+        command
     }
 }
 
 /// A running `offerd run`, killed if the test fails before stopping it.
-pub(super) struct Offerd(Option<Child>);
+pub(super) struct Offerd(pub(super) Option<Child>);
 
 impl Offerd {
+    /// Sends `signal` (`INT`, `TERM`, `STOP`, `CONT`, …).
+    pub(super) fn signal(&self, signal: &str) {
+        let pid = self.0.as_ref().unwrap().id().to_string();
+        let status = Command::new("kill").args([&format!("-{signal}"), &pid]).status().unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// SIGINT, then the process must exit 0 within the bound.
-    pub(super) fn stop(mut self) {
+    pub(super) fn stop(self) {
+        self.stop_with("INT");
+    }
+
+    /// `signal` (INT or TERM), then the process must exit 0 within the bound.
+    pub(super) fn stop_with(mut self, signal: &str) {
+        self.signal(signal);
         let mut child = self.0.take().unwrap();
-        let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-        assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 assert!(status.success(), "offerd exited with {status}");
                 return;
             }
-            assert!(Instant::now() < deadline, "offerd did not stop within 30 s of SIGINT");
+            assert!(Instant::now() < deadline, "offerd did not stop within 30 s of SIG{signal}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     /// SIGKILL: no chance to finish anything.
-    fn kill_9(mut self) {
+    pub(super) fn kill_9(mut self) {
         let mut child = self.0.take().unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
@@ -246,7 +261,7 @@ pub(super) fn wait_for_metric(addr: &str, line: &str) -> String {
     }
 }
 
-fn signup(user: &str, n: usize) -> String {
+pub(super) fn signup(user: &str, n: usize) -> String {
     format!(r#"{{"user_id": "{user}", "location": {{"country": "DE", "lat": 52.52, "lon": 13.4}}, "n": {n}}}"#)
 }
 
@@ -772,7 +787,7 @@ async fn the_service_runs_in_process_until_its_shutdown_future() {
         },
         modules: store.path().to_owned(),
         catalogs: catalogs(),
-        checkpoints: checkpoints.clone(),
+        checkpoints: offerd::service::Checkpoints::File(checkpoints.clone()),
         limits: offerd::engine::Limits::default(),
         stall_after: Duration::from_secs(60),
     };

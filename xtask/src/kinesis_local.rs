@@ -33,7 +33,7 @@ pub fn npm_ci(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -67,18 +67,24 @@ impl KinesisLocal {
             .spawn()
             .context("starting node (is Node.js installed?)")?;
         let mut server = Self { endpoint: format!("http://127.0.0.1:{plain}"), child };
-        let deadline = Instant::now() + START_TIMEOUT;
-        while TcpStream::connect(("127.0.0.1", plain)).is_err() {
-            if let Some(status) = server.child.try_wait()? {
-                bail!("kinesis-local exited at start ({status})");
-            }
-            if Instant::now() > deadline {
-                bail!("kinesis-local did not answer on port {plain} within {START_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_port(&mut server.child, "kinesis-local", plain)?;
         Ok(server)
     }
+}
+
+/// Waits until `child` accepts connections on loopback `port`.
+pub(crate) fn wait_for_port(child: &mut Child, name: &str, port: u16) -> Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait()? {
+            bail!("{name} exited at start ({status})");
+        }
+        if Instant::now() > deadline {
+            bail!("{name} did not answer on port {port} within {START_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 impl Drop for KinesisLocal {

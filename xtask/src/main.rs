@@ -94,9 +94,11 @@ fn main() -> Result<()> {
 
 /// Installs the guest target if rustup is there, then runs the checks in order.
 ///
-/// The stream tests need a Kinesis API: kinesis-local is installed with npm
-/// and started on loopback here; tests find it through
-/// `OFFERD_TEST_KINESIS_ENDPOINT` and isolate themselves by account.
+/// The stream tests need a Kinesis API and the lease tests a DynamoDB API:
+/// kinesis-local and dynalite are installed with npm and started on loopback
+/// here; tests find them through `OFFERD_TEST_KINESIS_ENDPOINT` and
+/// `OFFERD_TEST_DYNAMODB_ENDPOINT`, and isolate themselves by account (Kinesis)
+/// and table name (DynamoDB).
 fn test() -> Result<()> {
     let root = xtask::workspace_root();
     xtask::ensure_guest_target()?;
@@ -104,5 +106,9 @@ fn test() -> Result<()> {
     xtask::cargo(&["fmt", "--all", "--check"])?;
     xtask::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
     let kinesis = xtask::kinesis_local::KinesisLocal::start(&root)?;
-    xtask::cargo_with_env(&["test", "--workspace"], &[("OFFERD_TEST_KINESIS_ENDPOINT", &kinesis.endpoint)])
+    let dynamodb = xtask::dynalite::Dynalite::start(&root)?;
+    xtask::cargo_with_env(
+        &["test", "--workspace"],
+        &[("OFFERD_TEST_KINESIS_ENDPOINT", &kinesis.endpoint), ("OFFERD_TEST_DYNAMODB_ENDPOINT", &dynamodb.endpoint)],
+    )
 }

@@ -10,6 +10,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::config_file;
+use crate::stream::lease::LeaseSettings;
 use crate::stream::{RunConfig, StartAt};
 
 /// AWS settings come from the standard chain: AWS_REGION, credentials, AWS_ENDPOINT_URL.
@@ -35,6 +36,22 @@ pub(super) struct RunSettings {
     /// Checkpoint file, created if missing [default: offerd-checkpoints.json].
     #[arg(long, value_name = "PATH")]
     checkpoints: Option<PathBuf>,
+    /// Share the stream with other workers through this DynamoDB lease table
+    /// (Kinesis Client Library schema; created if missing) instead of a
+    /// checkpoint file.
+    #[arg(long, value_name = "NAME", conflicts_with = "checkpoints")]
+    lease_table: Option<String>,
+    /// This worker's name in the lease table, unique among its workers
+    /// [default: <host name>-<pid>].
+    #[arg(long, value_name = "ID", requires = "lease_table")]
+    worker_id: Option<String>,
+    /// A lease whose counter has not moved for this long is taken over
+    /// [default: 3000].
+    #[arg(long, value_name = "MS", requires = "lease_table")]
+    lease_duration_ms: Option<u64>,
+    /// How often held leases are renewed [default: 1000].
+    #[arg(long, value_name = "MS", requires = "lease_table")]
+    lease_renew_ms: Option<u64>,
     /// Where shards without a checkpoint start: trim-horizon, latest or an
     /// RFC 3339 time [default: trim-horizon].
     #[arg(long, value_name = "WHERE")]
@@ -93,7 +110,9 @@ pub(super) struct Resolved {
     pub stream: RunConfig,
     pub modules: PathBuf,
     pub catalogs: PathBuf,
+    /// Without a lease table.
     pub checkpoints: PathBuf,
+    pub leases: Option<LeaseSettings>,
     pub metrics_addr: Option<SocketAddr>,
     pub stall_after: Duration,
     pub admin_addr: Option<SocketAddr>,
@@ -171,6 +190,38 @@ impl RunSettings {
                 .or(file.put_retry_budget_secs)
                 .unwrap_or(crate::stream::sink::RETRY_BUDGET.as_secs()),
         );
+        let checkpoints = self.checkpoints.or(file.checkpoints);
+        let leases = match self.lease_table.or(file.lease_table) {
+            None => None,
+            Some(_) if checkpoints.is_some() => {
+                bail!("{} and {} exclude each other", origin("lease-table"), origin("checkpoints"))
+            }
+            Some(table) => {
+                let duration = self.lease_duration_ms.or(file.lease_duration_ms).unwrap_or(3000);
+                let renew = self.lease_renew_ms.or(file.lease_renew_ms).unwrap_or(1000);
+                if renew == 0 || renew.saturating_mul(2) > duration {
+                    bail!(
+                        "{} = {renew} ms must be at least 1 and at most half of {} = {duration} ms, so that a lease \
+                         is renewed at least twice before it expires",
+                        origin("lease-renew-ms"),
+                        origin("lease-duration-ms")
+                    );
+                }
+                let worker_id = match self.worker_id.or(file.worker_id) {
+                    Some(id) => id,
+                    None => format!("{}-{}", host_name(), std::process::id()),
+                };
+                if worker_id.is_empty() || worker_id.len() > 256 {
+                    bail!("{}: must be 1 to 256 bytes", origin("worker-id"));
+                }
+                Some(LeaseSettings {
+                    table,
+                    worker_id,
+                    duration: Duration::from_millis(duration),
+                    renew_every: Duration::from_millis(renew),
+                })
+            }
+        };
         let admin_addr = self.admin_addr.or(file.admin_addr);
         let admin_token_file = self.admin_token_file.or(file.admin_token_file);
         if admin_addr.is_some() && admin_token_file.is_none() {
@@ -208,7 +259,8 @@ impl RunSettings {
             },
             modules: required_path(self.modules.or(file.modules), "modules")?,
             catalogs: required_path(self.catalogs.or(file.catalogs), "catalogs")?,
-            checkpoints: self.checkpoints.or(file.checkpoints).unwrap_or_else(|| "offerd-checkpoints.json".into()),
+            checkpoints: checkpoints.unwrap_or_else(|| "offerd-checkpoints.json".into()),
+            leases,
             metrics_addr: self.metrics_addr.or(file.metrics_addr),
             stall_after: Duration::from_secs(self.stall_after_secs.or(file.stall_after_secs).unwrap_or(60).max(1)),
             admin_addr,
@@ -216,6 +268,16 @@ impl RunSettings {
             admin_tls,
         })
     }
+}
+
+/// The machine's name, for the default worker id.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "offerd".to_owned())
 }
 
 fn parse_start_at(text: &str) -> anyhow::Result<StartAt> {

@@ -13,9 +13,11 @@ use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 /// the instance metadata service, which can stall for many seconds.
 const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The SDK configuration every client is built from.
+///
 /// # Errors
 /// No region, or no credentials within [`CREDENTIALS_TIMEOUT`].
-pub async fn kinesis_client() -> anyhow::Result<aws_sdk_kinesis::Client> {
+pub async fn sdk_config() -> anyhow::Result<aws_config::SdkConfig> {
     let config = aws_config::defaults(BehaviorVersion::latest()).load().await;
     if config.region().is_none() {
         bail!("no AWS region: set AWS_REGION (or a profile with a region)");
@@ -31,7 +33,7 @@ pub async fn kinesis_client() -> anyhow::Result<aws_sdk_kinesis::Client> {
             )
         })?
         .context("no usable AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE")?;
-    Ok(aws_sdk_kinesis::Client::new(&config))
+    Ok(config)
 }
 
 /// An SDK error in one line: a service error's code and message, or the

@@ -42,6 +42,12 @@ pub trait CheckpointStore: Send + Sync {
     /// The last checkpoint of a shard.
     fn get(&self, shard_id: &str) -> Option<Checkpoint>;
 
+    /// Where a shard without a checkpoint starts, when the store decides it
+    /// (a lease records it for every worker); `None` leaves it to `run`.
+    fn initial_position(&self, _shard_id: &str) -> Option<super::StartAt> {
+        None
+    }
+
     /// Records `checkpoint`, durably, before returning.
     ///
     /// # Errors

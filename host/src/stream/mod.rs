@@ -5,6 +5,7 @@
 //! - [`aws`]: the one place AWS clients are built.
 //! - [`checkpoint`]: the checkpoint-store seam and its crash-safe file store.
 //! - [`feed`]: how records reach a shard (polling, enhanced fan-out).
+//! - [`lease`]: several workers on one stream, through a DynamoDB lease table.
 //! - [`sink`]: PutRecords: retry what can succeed, per-key order, refusals.
 //! - `backoff`: the jittered exponential backoff of every retry.
 //! - [`kpl`]: de-aggregation of records packed by the Kinesis Producer Library.
@@ -16,6 +17,7 @@ mod backoff;
 pub mod checkpoint;
 pub mod feed;
 pub mod kpl;
+pub mod lease;
 mod prepare;
 mod shard;
 pub mod sink;
@@ -35,6 +37,7 @@ use crate::metrics::Metrics;
 use backoff::Backoff;
 use checkpoint::{Checkpoint, CheckpointStore};
 use feed::ShardStart;
+use lease::{LeaseError, Leases};
 pub use prepare::{PreparedBatch, prepare};
 use shard::ShardExit;
 
@@ -82,6 +85,13 @@ const MAX_RESTART_AFTER: Duration = Duration::from_secs(120);
 /// A shard that ran this long before failing starts its backoff afresh.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
+/// A shard reader running: since when, and how to stop it alone (its lease
+/// was lost) or with the others (shutdown).
+struct Running {
+    since: Instant,
+    stop: watch::Sender<bool>,
+}
+
 /// A shard that failed: when it may start again, and how long the pause
 /// after its next failure will be.
 struct Failed {
@@ -100,12 +110,19 @@ struct Failed {
 /// fails is restarted from its checkpoint after a pause that grows with each
 /// failure in a row.
 ///
+/// With `leases`, only shards this worker holds a lease on are read: a shard
+/// whose lease is lost stops, and at shutdown the leases are released once
+/// every shard has checkpointed, for other workers to take at once.
+///
 /// # Errors
-/// A stream does not exist or cannot be reached at start-up.
+/// A stream does not exist or cannot be reached at start-up, or the lease
+/// table cannot be written.
+#[allow(clippy::too_many_lines)]
 pub async fn run(
     client: Client,
     config: RunConfig,
     store: Arc<dyn CheckpointStore>,
+    leases: Option<Arc<Leases>>,
     enricher: Arc<Enricher>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
@@ -134,8 +151,18 @@ pub async fn run(
     let started_at = SystemTime::now();
     let initial: HashSet<String> = shards.iter().map(|s| s.shard_id().to_owned()).collect();
     let fresh: HashSet<String> = initial.iter().filter(|id| store.get(id).is_none()).cloned().collect();
+    let (end_leases, lease_end) = watch::channel(false);
+    let mut lease_changes = None;
+    let maintainer = match &leases {
+        Some(leases) => {
+            leases.sync_shards(&shards, config.start_at).await?;
+            lease_changes = Some(leases.subscribe());
+            Some(tokio::spawn(leases.clone().maintain(shutdown.clone(), lease_end)))
+        }
+        None => None,
+    };
     let mut tasks: JoinSet<(String, anyhow::Result<ShardExit>)> = JoinSet::new();
-    let mut running: HashMap<String, Instant> = HashMap::new();
+    let mut running: HashMap<String, Running> = HashMap::new();
     let mut drained: HashSet<String> = HashSet::new();
     let mut failed: HashMap<String, Failed> = HashMap::new();
     let mut next_list = Instant::now() + RELIST_EVERY;
@@ -154,6 +181,9 @@ pub async fn run(
                 drained.insert(id.to_owned());
                 continue;
             }
+            if leases.as_ref().is_some_and(|l| !l.holds(id)) {
+                continue;
+            }
             let parents: Vec<&str> =
                 [shard.parent_shard_id(), shard.adjacent_parent_shard_id()].into_iter().flatten().collect();
             // A parent no longer listed has aged out of retention: nothing to wait for.
@@ -161,25 +191,26 @@ pub async fn run(
                 tracing::debug!(shard_id = id, parent, "waiting for the parent shard to drain");
                 continue;
             }
-            let start_at = if fresh.contains(id) && parents.iter().all(|p| fresh.contains(*p) || !initial.contains(*p))
-            {
-                match config.start_at {
-                    StartAt::Latest => StartAt::Timestamp(started_at),
-                    other => other,
+            let start_at = store.initial_position(id).unwrap_or_else(|| {
+                if fresh.contains(id) && parents.iter().all(|p| fresh.contains(*p) || !initial.contains(*p)) {
+                    match config.start_at {
+                        StartAt::Latest => StartAt::Timestamp(started_at),
+                        other => other,
+                    }
+                } else {
+                    StartAt::TrimHorizon
                 }
-            } else {
-                StartAt::TrimHorizon
-            };
+            });
             tracing::info!(shard_id = id, ?start_at, "consuming shard");
             let start = ShardStart { store: store.clone(), shard_id: id.to_owned(), start_at };
-            let (client, config, enricher, store, metrics, sink, shutdown, consumer_arn) = (
+            let (stop, stopped) = watch::channel(false);
+            let (client, config, enricher, store, metrics, sink, consumer_arn) = (
                 client.clone(),
                 config.clone(),
                 enricher.clone(),
                 store.clone(),
                 metrics.clone(),
                 sink.clone(),
-                shutdown.clone(),
                 consumer_arn.clone(),
             );
             let shard_id = id.to_owned();
@@ -199,18 +230,40 @@ pub async fn run(
                         config.resubscribe_after,
                     )),
                 };
-                let reader =
-                    shard::ShardReader { sink, config, enricher, store, metrics, shard_id: shard_id.clone(), shutdown };
+                let reader = shard::ShardReader {
+                    sink,
+                    config,
+                    enricher,
+                    store,
+                    metrics,
+                    shard_id: shard_id.clone(),
+                    shutdown: stopped,
+                };
                 (shard_id, reader.run(feed).await)
             });
-            running.insert(id.to_owned(), Instant::now());
+            running.insert(id.to_owned(), Running { since: Instant::now(), stop });
+        }
+        if let Some(leases) = &leases {
+            for (id, shard) in &running {
+                if !leases.holds(id) && !*shard.stop.borrow() {
+                    tracing::info!(shard_id = id, "lease lost: stopping the shard");
+                    shard.stop.send_replace(true);
+                }
+            }
         }
         metrics.set_ready(true);
+        let lease_changed = async {
+            match &mut lease_changes {
+                Some(changes) => changes.changed().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::time::sleep_until(next_list.into()) => {}
+            Ok(()) = lease_changed => continue,
             Some(joined) = tasks.join_next() => {
                 let (shard_id, result) = joined.context("a shard task panicked")?;
-                let ran = running.remove(&shard_id).map_or(Duration::ZERO, |at| at.elapsed());
+                let ran = running.remove(&shard_id).map_or(Duration::ZERO, |r| r.since.elapsed());
                 metrics.shard_stopped(&shard_id, matches!(result, Ok(ShardExit::Drained)));
                 match result {
                     Ok(ShardExit::Drained) => {
@@ -220,6 +273,9 @@ pub async fn run(
                         next_list = Instant::now();
                     }
                     Ok(ShardExit::Stopped) => {}
+                    Err(e) if e.chain().any(|c| matches!(c.downcast_ref(), Some(LeaseError::Lost(_)))) => {
+                        tracing::warn!(shard_id, "the shard's lease was taken by another worker; its last batch stays uncheckpointed here");
+                    }
                     Err(e) => {
                         let entry = failed.entry(shard_id.clone()).or_insert_with(|| Failed {
                             restart_at: Instant::now(),
@@ -249,10 +305,18 @@ pub async fn run(
                 Ok(fresh) => shards = fresh,
                 Err(e) => tracing::warn!(error = %format!("{e:#}"), "listing shards failed; keeping the last list"),
             }
+            if let Some(leases) = &leases
+                && let Err(e) = leases.sync_shards(&shards, config.start_at).await
+            {
+                tracing::warn!(error = %format!("{e:#}"), "creating leases of new shards failed; retrying at the next listing");
+            }
             next_list = Instant::now() + RELIST_EVERY;
         }
     }
     metrics.set_ready(false);
+    for shard in running.values() {
+        shard.stop.send_replace(true);
+    }
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok((_, Ok(_))) => {}
@@ -261,6 +325,11 @@ pub async fn run(
             }
             Err(e) => tracing::error!(error = %e, "shard task panicked"),
         }
+    }
+    if let (Some(leases), Some(maintainer)) = (leases, maintainer) {
+        end_leases.send_replace(true);
+        let _ = maintainer.await;
+        leases.release_all().await;
     }
     Ok(())
 }

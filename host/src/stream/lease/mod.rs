@@ -1,0 +1,369 @@
+//! Several workers on one stream: shard leases in a DynamoDB table in the
+//! Kinesis Client Library's schema ([`table`]). A worker reads only the
+//! shards it holds a lease on; it renews them every `renew_every` by moving
+//! their counters, takes its fair share ([`balance`]), and sees another
+//! worker's lease as expired when its counter has not moved for a lease
+//! duration, timed on its own clock. Every checkpoint is a conditional write
+//! on the lease as held, so a worker that lost a lease (paused, cut off)
+//! cannot move that shard's checkpoint afterwards.
+
+mod balance;
+pub mod table;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_kinesis::types::Shard;
+use tokio::sync::watch;
+
+use super::StartAt;
+use super::checkpoint::{Checkpoint, CheckpointStore};
+use crate::metrics::Metrics;
+pub use table::{Lease, LeaseError, LeaseTable, SHARD_END};
+
+/// How a worker takes part.
+#[derive(Debug, Clone)]
+pub struct LeaseSettings {
+    pub table: String,
+    /// Unique among the workers of the table.
+    pub worker_id: String,
+    /// A lease whose counter has not moved for this long is expired.
+    pub duration: Duration,
+    /// How often held leases are renewed and the table scanned.
+    pub renew_every: Duration,
+}
+
+/// A lease this worker holds.
+struct Held {
+    /// The counter as this worker last wrote it; every write is conditional on it.
+    counter: u64,
+    /// Last successful write (renewal, take or checkpoint).
+    renewed: Instant,
+    checkpoint: String,
+    /// Serialises this lease's writes (renewal and checkpoint), which are
+    /// conditional on the counter the other one moves.
+    writing: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// This worker's leases, and the table as last scanned.
+pub struct Leases {
+    table: LeaseTable,
+    me: String,
+    duration: Duration,
+    renew_every: Duration,
+    metrics: Arc<Metrics>,
+    held: Mutex<HashMap<String, Held>>,
+    /// Every lease as last scanned.
+    seen: Mutex<HashMap<String, Lease>>,
+    /// Bumped whenever the set of held leases changes.
+    changed: watch::Sender<()>,
+}
+
+impl Leases {
+    #[must_use]
+    pub fn new(table: LeaseTable, settings: &LeaseSettings, metrics: Arc<Metrics>) -> Self {
+        Self {
+            table,
+            me: settings.worker_id.clone(),
+            duration: settings.duration,
+            renew_every: settings.renew_every,
+            metrics,
+            held: Mutex::default(),
+            seen: Mutex::default(),
+            changed: watch::Sender::new(()),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+        self.held.lock().expect("the lease map is never held across a panic")
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lease>> {
+        self.seen.lock().expect("the lease cache is never held across a panic")
+    }
+
+    pub fn worker_id(&self) -> &str {
+        &self.me
+    }
+
+    pub fn holds(&self, shard_id: &str) -> bool {
+        self.held().contains_key(shard_id)
+    }
+
+    /// Wakes whenever a lease is taken or lost.
+    pub fn subscribe(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
+    }
+
+    /// Renews, scans and takes every `renew_every` until `end` turns true;
+    /// takes nothing more once `stopping` is true.
+    pub async fn maintain(self: Arc<Self>, stopping: watch::Receiver<bool>, mut end: watch::Receiver<bool>) {
+        // Per lease: the counter last seen and when it was first seen.
+        let mut observed: HashMap<String, (u64, Instant)> = HashMap::new();
+        let mut tick = tokio::time::interval(self.renew_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = end.wait_for(|end| *end) => return,
+            }
+            let started = Instant::now();
+            self.renew_all().await;
+            self.metrics.lease_renewal_seconds(started.elapsed().as_secs_f64());
+            let leases = match self.table.scan().await {
+                Ok(leases) => leases,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "scanning the lease table failed; retrying next round");
+                    continue;
+                }
+            };
+            let now = Instant::now();
+            observed.retain(|key, _| leases.iter().any(|l| l.key == *key));
+            for lease in &leases {
+                let entry = observed.entry(lease.key.clone()).or_insert((lease.counter, now));
+                if entry.0 != lease.counter {
+                    *entry = (lease.counter, now);
+                }
+            }
+            *self.seen() = leases.iter().map(|l| (l.key.clone(), l.clone())).collect();
+            if !*stopping.borrow() {
+                let expired: HashSet<&str> = leases
+                    .iter()
+                    .filter(|l| {
+                        l.owner.as_deref().is_some_and(|o| o != self.me)
+                            && observed.get(&l.key).is_some_and(|(_, since)| since.elapsed() > self.duration)
+                    })
+                    .map(|l| l.key.as_str())
+                    .collect();
+                self.take_round(&leases, &expired).await;
+            }
+        }
+    }
+
+    /// Renews every held lease at once; drops the ones lost.
+    async fn renew_all(&self) {
+        let keys: Vec<String> = self.held().keys().cloned().collect();
+        let renewals = keys.into_iter().map(|key| async move {
+            let Some((writing, counter, renewed)) =
+                self.held().get(&key).map(|h| (h.writing.clone(), h.counter, h.renewed))
+            else {
+                return;
+            };
+            let _writing = writing.lock().await;
+            // A checkpoint may have moved the counter while this waited.
+            let counter = self.held().get(&key).map_or(counter, |h| h.counter);
+            if renewed.elapsed() > self.duration && self.held().get(&key).is_some_and(|h| h.renewed == renewed) {
+                // Not renewed for a whole lease duration: another worker
+                // may hold it already.
+                self.lose(&key, "not renewed for a lease duration");
+                return;
+            }
+            match self.table.renew(&key, &self.me, counter).await {
+                Ok(next) => {
+                    if let Some(h) = self.held().get_mut(&key) {
+                        h.counter = next;
+                        h.renewed = Instant::now();
+                    }
+                }
+                Err(LeaseError::Lost(_)) => self.lose(&key, "taken by another worker"),
+                Err(LeaseError::Other(e)) => {
+                    tracing::warn!(shard_id = key, error = %format!("{e:#}"), "renewing a lease failed; retrying")
+                }
+            }
+        });
+        futures_util::future::join_all(renewals).await;
+    }
+
+    fn lose(&self, key: &str, why: &str) {
+        if self.held().remove(key).is_some() {
+            tracing::warn!(shard_id = key, why, "lease lost; the shard stops here");
+            self.metrics.lease_event("lost");
+            self.metrics.leases_held(self.held().len());
+            self.changed.send_replace(());
+        }
+    }
+
+    /// Takes leases this worker left behind under the same id (a restart),
+    /// then its share by [`balance::to_take`].
+    async fn take_round(&self, leases: &[Lease], expired: &HashSet<&str>) {
+        let mine_unheld: Vec<&Lease> = leases
+            .iter()
+            .filter(|l| l.owner.as_deref() == Some(&self.me) && l.checkpoint != SHARD_END && !self.holds(&l.key))
+            .collect();
+        let share = balance::to_take(&self.me, leases, expired);
+        let mut took = false;
+        for lease in mine_unheld.into_iter().chain(share) {
+            let event = match &lease.owner {
+                Some(owner) if owner != &self.me && !expired.contains(lease.key.as_str()) => "stolen",
+                _ => "taken",
+            };
+            match self.table.take(lease, &self.me).await {
+                Ok(counter) => {
+                    tracing::info!(shard_id = lease.key, from = lease.owner.as_deref(), event, "lease taken");
+                    self.held().insert(
+                        lease.key.clone(),
+                        Held {
+                            counter,
+                            renewed: Instant::now(),
+                            checkpoint: lease.checkpoint.clone(),
+                            writing: Arc::default(),
+                        },
+                    );
+                    self.metrics.lease_event(event);
+                    took = true;
+                }
+                Err(LeaseError::Lost(_)) => tracing::debug!(shard_id = lease.key, "lease moved before it was taken"),
+                Err(LeaseError::Other(e)) => {
+                    tracing::warn!(shard_id = lease.key, error = %format!("{e:#}"), "taking a lease failed")
+                }
+            }
+        }
+        if took {
+            self.metrics.leases_held(self.held().len());
+            self.changed.send_replace(());
+        }
+    }
+
+    /// Creates a lease for every listed shard without one, and records new
+    /// children on their parents' leases. A shard whose parents have no
+    /// lease (the stream's first shards) starts at `start_at`; a child of a
+    /// leased parent at its trim horizon, so a split or merge skips nothing.
+    ///
+    /// # Errors
+    /// The table cannot be scanned or written.
+    pub async fn sync_shards(&self, shards: &[Shard], start_at: StartAt) -> anyhow::Result<()> {
+        let leases = self.table.scan().await?;
+        let existing: HashMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
+        let mut new_children: HashMap<&str, Vec<String>> = HashMap::new();
+        for shard in shards.iter().filter(|s| !existing.contains_key(s.shard_id())) {
+            let parents: Vec<String> = [shard.parent_shard_id(), shard.adjacent_parent_shard_id()]
+                .into_iter()
+                .flatten()
+                .map(str::to_owned)
+                .collect();
+            let (checkpoint, start_timestamp_ms) = if parents.iter().any(|p| existing.contains_key(p.as_str())) {
+                ("TRIM_HORIZON", None)
+            } else {
+                match start_at {
+                    StartAt::TrimHorizon => ("TRIM_HORIZON", None),
+                    StartAt::Latest => ("LATEST", Some(unix_ms(SystemTime::now()))),
+                    StartAt::Timestamp(t) => ("AT_TIMESTAMP", Some(unix_ms(t))),
+                }
+            };
+            let lease = Lease {
+                key: shard.shard_id().to_owned(),
+                owner: None,
+                counter: 0,
+                checkpoint: checkpoint.to_owned(),
+                sub_sequence: 0,
+                owner_switches: 0,
+                parents: parents.clone(),
+                children: Vec::new(),
+                hash_keys: shard
+                    .hash_key_range()
+                    .map(|r| (r.starting_hash_key().to_owned(), r.ending_hash_key().to_owned())),
+                start_timestamp_ms,
+            };
+            if self.table.create(&lease).await? {
+                tracing::info!(shard_id = lease.key, checkpoint, ?parents, "lease created");
+            }
+            for parent in parents.iter().filter_map(|p| existing.get(p.as_str())) {
+                new_children.entry(&parent.key).or_insert_with(|| parent.children.clone()).push(lease.key.clone());
+            }
+        }
+        for (parent, children) in new_children {
+            self.table.set_children(parent, &children).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives up every held lease (after the shards stopped and checkpointed),
+    /// so other workers take them at once.
+    pub async fn release_all(&self) {
+        let held: Vec<(String, u64)> = self.held().drain().map(|(k, h)| (k, h.counter)).collect();
+        for (key, counter) in held {
+            match self.table.release(&key, &self.me, counter).await {
+                Ok(_) => {
+                    self.metrics.lease_event("released");
+                    tracing::info!(shard_id = key, "lease released");
+                }
+                Err(e) => tracing::warn!(shard_id = key, error = %format!("{e:#}"), "releasing a lease failed"),
+            }
+        }
+        self.metrics.leases_held(0);
+    }
+
+    /// The checkpoint of a shard: this worker's own if it holds the lease,
+    /// else the last scan's.
+    fn stored_checkpoint(&self, shard_id: &str) -> Option<(String, Option<i64>)> {
+        let start = self.seen().get(shard_id).map(|l| (l.checkpoint.clone(), l.start_timestamp_ms));
+        match self.held().get(shard_id) {
+            Some(held) => Some((held.checkpoint.clone(), start.and_then(|(_, ts)| ts))),
+            None => start,
+        }
+    }
+
+    async fn write_checkpoint(&self, shard_id: &str, value: &str) -> Result<(), LeaseError> {
+        let writing = self.held().get(shard_id).map(|h| h.writing.clone());
+        let Some(writing) = writing else {
+            return Err(LeaseError::Lost(shard_id.to_owned()));
+        };
+        let _writing = writing.lock().await;
+        let counter =
+            self.held().get(shard_id).map(|h| h.counter).ok_or_else(|| LeaseError::Lost(shard_id.to_owned()))?;
+        match self.table.checkpoint(shard_id, &self.me, counter, value).await {
+            Ok(next) => {
+                if let Some(h) = self.held().get_mut(shard_id) {
+                    h.counter = next;
+                    h.renewed = Instant::now();
+                    value.clone_into(&mut h.checkpoint);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if let LeaseError::Lost(_) = e {
+                    self.lose(shard_id, "a checkpoint was refused: taken by another worker");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl CheckpointStore for Leases {
+    fn get(&self, shard_id: &str) -> Option<Checkpoint> {
+        match self.stored_checkpoint(shard_id)?.0.as_str() {
+            SHARD_END => Some(Checkpoint::ShardEnd),
+            "TRIM_HORIZON" | "LATEST" | "AT_TIMESTAMP" => None,
+            seq => Some(Checkpoint::At(seq.to_owned())),
+        }
+    }
+
+    fn initial_position(&self, shard_id: &str) -> Option<StartAt> {
+        let (checkpoint, timestamp) = self.stored_checkpoint(shard_id)?;
+        let at = timestamp.map(|ms| UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
+        match checkpoint.as_str() {
+            "TRIM_HORIZON" => Some(StartAt::TrimHorizon),
+            "LATEST" => Some(at.map_or(StartAt::Latest, StartAt::Timestamp)),
+            // A KCL application keeps the time in its configuration: ours applies.
+            "AT_TIMESTAMP" => at.map(StartAt::Timestamp),
+            _ => None,
+        }
+    }
+
+    /// Called off the async threads (the trait's contract), so it may wait
+    /// on the runtime.
+    fn set(&self, shard_id: &str, checkpoint: &Checkpoint) -> anyhow::Result<()> {
+        let value = match checkpoint {
+            Checkpoint::At(seq) => seq.as_str(),
+            Checkpoint::ShardEnd => SHARD_END,
+        };
+        tokio::runtime::Handle::current().block_on(self.write_checkpoint(shard_id, value))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,392 @@
+//! The lease table in DynamoDB, in the Kinesis Client Library's schema: one
+//! item per shard, keyed by `leaseKey` (the shard id). Every change of an
+//! item is a conditional write on its `leaseCounter` (and owner where a
+//! worker acts on its own lease), so two workers never both believe they
+//! hold a lease, without any agreement between their clocks.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
+};
+
+use crate::stream::aws::explain;
+
+/// The KCL's attribute names (`DynamoDBLeaseSerializer`).
+mod attr {
+    pub const KEY: &str = "leaseKey";
+    pub const OWNER: &str = "leaseOwner";
+    pub const COUNTER: &str = "leaseCounter";
+    pub const CHECKPOINT: &str = "checkpoint";
+    pub const SUB_SEQUENCE: &str = "checkpointSubSequenceNumber";
+    pub const OWNER_SWITCHES: &str = "ownerSwitchesSinceCheckpoint";
+    pub const PARENTS: &str = "parentShardId";
+    pub const CHILDREN: &str = "childShardIds";
+    pub const STARTING_HASH_KEY: &str = "startingHashKey";
+    pub const ENDING_HASH_KEY: &str = "endingHashKey";
+    /// offerd's own, ignored by the KCL: the time (Unix milliseconds) an
+    /// `AT_TIMESTAMP` or `LATEST` position means, so that every worker that
+    /// takes the lease starts at the same place.
+    pub const START_TIMESTAMP: &str = "offerdStartTimestamp";
+}
+
+/// How long table creation may take before start-up gives up.
+const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One item of the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub key: String,
+    pub owner: Option<String>,
+    pub counter: u64,
+    /// A sequence number, or `TRIM_HORIZON`, `LATEST`, `AT_TIMESTAMP`, `SHARD_END`.
+    pub checkpoint: String,
+    /// Position inside a KPL aggregate at `checkpoint` (the KCL's); 0 for a whole record.
+    pub sub_sequence: u64,
+    pub owner_switches: u64,
+    pub parents: Vec<String>,
+    pub children: Vec<String>,
+    pub hash_keys: Option<(String, String)>,
+    pub start_timestamp_ms: Option<i64>,
+}
+
+/// The sentinel of a closed shard read to its end.
+pub const SHARD_END: &str = "SHARD_END";
+
+/// Why a write on a lease failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The item moved on: another worker took the lease, or it is gone.
+    #[error("the lease of {0} is held by another worker now")]
+    Lost(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+#[derive(Clone)]
+pub struct LeaseTable {
+    client: Client,
+    name: String,
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_owned())
+}
+
+fn n(v: u64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+/// A failed conditional write is [`LeaseError::Lost`]; anything else is
+/// explained.
+fn classify<E, R>(e: SdkError<E, R>, key: &str, what: &str) -> LeaseError
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    if e.as_service_error().and_then(|s| s.code()) == Some("ConditionalCheckFailedException") {
+        return LeaseError::Lost(key.to_owned());
+    }
+    LeaseError::Other(anyhow::anyhow!("{what} the lease of {key}: {}", explain(&e)))
+}
+
+impl LeaseTable {
+    /// Opens the table `name`, creating it (on-demand billing) if missing
+    /// and waiting until it is active.
+    ///
+    /// # Errors
+    /// The table cannot be described or created (a missing permission, say),
+    /// or exists with another key schema than the KCL's.
+    pub async fn open(client: Client, name: &str) -> anyhow::Result<Self> {
+        let table = Self { client, name: name.to_owned() };
+        let deadline = Instant::now() + TABLE_ACTIVE_TIMEOUT;
+        let mut created = false;
+        loop {
+            match table.client.describe_table().table_name(name).send().await {
+                Ok(out) => {
+                    let description = out.table().context("DescribeTable answered without a table")?;
+                    let keys: Vec<(&str, &KeyType)> =
+                        description.key_schema().iter().map(|k| (k.attribute_name(), k.key_type())).collect();
+                    if keys != [(attr::KEY, &KeyType::Hash)] {
+                        bail!(
+                            "DynamoDB table {name:?} is not a lease table: its key is {keys:?}, a lease table's is \
+                             {:?} (string) alone",
+                            attr::KEY
+                        );
+                    }
+                    if description.table_status() == Some(&TableStatus::Active) {
+                        return Ok(table);
+                    }
+                }
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) && !created => {
+                    tracing::info!(table = name, "creating the lease table");
+                    let created_now = table
+                        .client
+                        .create_table()
+                        .table_name(name)
+                        .billing_mode(BillingMode::PayPerRequest)
+                        .key_schema(
+                            KeySchemaElement::builder().attribute_name(attr::KEY).key_type(KeyType::Hash).build()?,
+                        )
+                        .attribute_definitions(
+                            AttributeDefinition::builder()
+                                .attribute_name(attr::KEY)
+                                .attribute_type(ScalarAttributeType::S)
+                                .build()?,
+                        )
+                        .send()
+                        .await;
+                    match created_now {
+                        Ok(_) => {}
+                        // Another worker created it first.
+                        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => {}
+                        Err(e) => bail!("creating the lease table {name:?}: {}", explain(&e)),
+                    }
+                    created = true;
+                }
+                Err(e) => bail!("reading the lease table {name:?}: {}", explain(&e)),
+            }
+            if Instant::now() > deadline {
+                bail!("the lease table {name:?} is not active after {TABLE_ACTIVE_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Every lease, read consistently.
+    ///
+    /// # Errors
+    /// The scan fails.
+    pub async fn scan(&self) -> anyhow::Result<Vec<Lease>> {
+        let mut leases = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.name)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("scanning the lease table {:?}: {}", self.name, explain(&e)))?;
+            for item in out.items() {
+                match parse(item) {
+                    Ok(lease) => leases.push(lease),
+                    Err(e) => tracing::warn!(table = self.name, error = %e, "skipping an item that is not a lease"),
+                }
+            }
+            match out.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(leases),
+            }
+        }
+    }
+
+    /// Creates `lease` unless an item with its key exists; whether it did.
+    ///
+    /// # Errors
+    /// The write fails for another reason.
+    pub async fn create(&self, lease: &Lease) -> anyhow::Result<bool> {
+        let mut item = HashMap::from([
+            (attr::KEY.to_owned(), s(&lease.key)),
+            (attr::COUNTER.to_owned(), n(lease.counter)),
+            (attr::CHECKPOINT.to_owned(), s(&lease.checkpoint)),
+            (attr::SUB_SEQUENCE.to_owned(), n(lease.sub_sequence)),
+            (attr::OWNER_SWITCHES.to_owned(), n(lease.owner_switches)),
+        ]);
+        if let Some(owner) = &lease.owner {
+            item.insert(attr::OWNER.to_owned(), s(owner));
+        }
+        if !lease.parents.is_empty() {
+            item.insert(attr::PARENTS.to_owned(), AttributeValue::Ss(lease.parents.clone()));
+        }
+        if !lease.children.is_empty() {
+            item.insert(attr::CHILDREN.to_owned(), AttributeValue::Ss(lease.children.clone()));
+        }
+        if let Some((start, end)) = &lease.hash_keys {
+            item.insert(attr::STARTING_HASH_KEY.to_owned(), s(start));
+            item.insert(attr::ENDING_HASH_KEY.to_owned(), s(end));
+        }
+        if let Some(ms) = lease.start_timestamp_ms {
+            item.insert(attr::START_TIMESTAMP.to_owned(), AttributeValue::N(ms.to_string()));
+        }
+        match self
+            .client
+            .put_item()
+            .table_name(&self.name)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#key)")
+            .expression_attribute_names("#key", attr::KEY)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) => match classify(e, &lease.key, "creating") {
+                LeaseError::Lost(_) => Ok(false),
+                LeaseError::Other(e) => Err(e),
+            },
+        }
+    }
+
+    /// Renews a lease this worker holds at `counter`: the new counter.
+    ///
+    /// # Errors
+    /// [`LeaseError::Lost`] when another worker took it.
+    pub async fn renew(&self, key: &str, owner: &str, counter: u64) -> Result<u64, LeaseError> {
+        self.update_held(key, owner, counter, "SET #counter = :next", &[], Vec::new(), "renewing").await
+    }
+
+    /// Records a checkpoint of a lease this worker holds at `counter` (which
+    /// renews it too): the new counter. Fenced: refused once the lease has
+    /// moved to another worker.
+    ///
+    /// # Errors
+    /// [`LeaseError::Lost`] when another worker took it.
+    pub async fn checkpoint(&self, key: &str, owner: &str, counter: u64, checkpoint: &str) -> Result<u64, LeaseError> {
+        self.update_held(
+            key,
+            owner,
+            counter,
+            "SET #counter = :next, #checkpoint = :checkpoint, #sub = :zero, #switches = :zero",
+            &[("#checkpoint", attr::CHECKPOINT), ("#sub", attr::SUB_SEQUENCE), ("#switches", attr::OWNER_SWITCHES)],
+            vec![(":checkpoint", s(checkpoint)), (":zero", n(0))],
+            "checkpointing",
+        )
+        .await
+    }
+
+    /// Gives up a lease this worker holds at `counter`, so that another
+    /// worker may take it at once.
+    ///
+    /// # Errors
+    /// [`LeaseError::Lost`] when another worker took it meanwhile.
+    pub async fn release(&self, key: &str, owner: &str, counter: u64) -> Result<u64, LeaseError> {
+        self.update_held(key, owner, counter, "SET #counter = :next REMOVE #owner", &[], Vec::new(), "releasing").await
+    }
+
+    /// An update of a lease conditional on this worker holding it at
+    /// `counter`, with the update's own placeholders.
+    #[allow(clippy::too_many_arguments)]
+    async fn update_held(
+        &self,
+        key: &str,
+        owner: &str,
+        counter: u64,
+        update: &str,
+        names: &[(&str, &str)],
+        values: Vec<(&str, AttributeValue)>,
+        what: &str,
+    ) -> Result<u64, LeaseError> {
+        let next = counter + 1;
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .key(attr::KEY, s(key))
+            .update_expression(update)
+            .condition_expression("#owner = :owner AND #counter = :counter")
+            .expression_attribute_names("#owner", attr::OWNER)
+            .expression_attribute_names("#counter", attr::COUNTER)
+            .expression_attribute_values(":owner", s(owner))
+            .expression_attribute_values(":counter", n(counter))
+            .expression_attribute_values(":next", n(next));
+        for (placeholder, name) in names {
+            request = request.expression_attribute_names(*placeholder, *name);
+        }
+        for (placeholder, value) in values {
+            request = request.expression_attribute_values(placeholder, value);
+        }
+        request.send().await.map_err(|e| classify(e, key, what))?;
+        Ok(next)
+    }
+
+    /// Takes a lease seen at `counter` (expired, unowned, or stolen from an
+    /// over-loaded worker): the new counter. Conditional on the counter
+    /// alone, as in the KCL: every change of owner moves it.
+    ///
+    /// # Errors
+    /// [`LeaseError::Lost`] when the lease moved since it was seen.
+    pub async fn take(&self, lease: &Lease, owner: &str) -> Result<u64, LeaseError> {
+        let next = lease.counter + 1;
+        let switched = lease.owner.as_deref().is_some_and(|o| o != owner);
+        let update = if switched {
+            "SET #owner = :owner, #counter = :next ADD #switches :one"
+        } else {
+            "SET #owner = :owner, #counter = :next"
+        };
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .key(attr::KEY, s(&lease.key))
+            .update_expression(update)
+            .condition_expression("#counter = :counter")
+            .expression_attribute_names("#owner", attr::OWNER)
+            .expression_attribute_names("#counter", attr::COUNTER)
+            .expression_attribute_values(":owner", s(owner))
+            .expression_attribute_values(":counter", n(lease.counter))
+            .expression_attribute_values(":next", n(next));
+        if switched {
+            request = request
+                .expression_attribute_names("#switches", attr::OWNER_SWITCHES)
+                .expression_attribute_values(":one", n(1));
+        }
+        request.send().await.map_err(|e| classify(e, &lease.key, "taking"))?;
+        Ok(next)
+    }
+
+    /// Records the children of a closed shard on its lease (metadata only:
+    /// no counter change, as the KCL does).
+    ///
+    /// # Errors
+    /// The write fails.
+    pub async fn set_children(&self, key: &str, children: &[String]) -> anyhow::Result<()> {
+        self.client
+            .update_item()
+            .table_name(&self.name)
+            .key(attr::KEY, s(key))
+            .update_expression("SET #children = :children")
+            .condition_expression("attribute_exists(#key)")
+            .expression_attribute_names("#children", attr::CHILDREN)
+            .expression_attribute_names("#key", attr::KEY)
+            .expression_attribute_values(":children", AttributeValue::Ss(children.to_vec()))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("recording the children of {key}: {}", explain(&e)))?;
+        Ok(())
+    }
+}
+
+/// An item read back; unknown attributes are ignored (the KCL's newer ones).
+fn parse(item: &HashMap<String, AttributeValue>) -> anyhow::Result<Lease> {
+    let string = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+    let number = |name: &str| -> anyhow::Result<Option<u64>> {
+        item.get(name)
+            .and_then(|v| v.as_n().ok())
+            .map(|v| v.parse::<u64>().with_context(|| format!("{name} = {v:?} is not a counter")))
+            .transpose()
+    };
+    let set = |name: &str| item.get(name).and_then(|v| v.as_ss().ok()).cloned().unwrap_or_default();
+    let key = string(attr::KEY).context("an item without leaseKey")?;
+    Ok(Lease {
+        owner: string(attr::OWNER),
+        counter: number(attr::COUNTER)?.unwrap_or(0),
+        checkpoint: string(attr::CHECKPOINT).unwrap_or_else(|| "TRIM_HORIZON".to_owned()),
+        sub_sequence: number(attr::SUB_SEQUENCE)?.unwrap_or(0),
+        owner_switches: number(attr::OWNER_SWITCHES)?.unwrap_or(0),
+        parents: set(attr::PARENTS),
+        children: set(attr::CHILDREN),
+        hash_keys: string(attr::STARTING_HASH_KEY).zip(string(attr::ENDING_HASH_KEY)),
+        start_timestamp_ms: item.get(attr::START_TIMESTAMP).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()),
+        key,
+    })
+}

@@ -1,0 +1,332 @@
+//! Several `offerd run` workers on one stream through a DynamoDB lease table
+//! (dynalite on loopback, started by `cargo xtask test`), against
+//! kinesis-local: balance, a worker joining, SIGTERM hand-off, kill -9
+//! failover, a paused worker fenced off, and a table left by a KCL
+//! application adopted with its checkpoints.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use super::stream::{DEADLINE, Kinesis, Offerd, Seq, Streams, seq, signup, streams};
+use super::{catalogs, store_with};
+
+fn dynamodb_endpoint() -> String {
+    std::env::var("OFFERD_TEST_DYNAMODB_ENDPOINT")
+        .expect("OFFERD_TEST_DYNAMODB_ENDPOINT is unset: run the suite with `cargo xtask test`, which starts dynalite")
+}
+
+async fn dynamodb() -> aws_sdk_dynamodb::Client {
+    let creds = aws_sdk_dynamodb::config::Credentials::new("test", "secret", None, None, "test");
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(dynamodb_endpoint())
+        .credentials_provider(creds)
+        .load()
+        .await;
+    aws_sdk_dynamodb::Client::new(&config)
+}
+
+/// A table name no other test uses.
+fn fresh_table() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("leases-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// One worker: `offerd run --lease-table`, renewing every 250 ms, leases of
+/// 1 s unless `extra` says otherwise; its log goes to `log` if given.
+fn worker(
+    k: &Kinesis,
+    s: &Streams,
+    table: &str,
+    id: &str,
+    modules: &Path,
+    extra: &[&str],
+    log: Option<&Path>,
+) -> Offerd {
+    let mut command = k.offerd_command(s, modules, &catalogs());
+    command
+        .args(["--lease-table", table, "--worker-id", id, "--batch-size", "50"])
+        .args(if extra.is_empty() { &["--lease-duration-ms", "1000", "--lease-renew-ms", "250"][..] } else { extra })
+        .env("AWS_ENDPOINT_URL_DYNAMODB", dynamodb_endpoint());
+    if let Some(log) = log {
+        command.env("OFFERD_LOG", "info").stderr(Stdio::from(std::fs::File::create(log).unwrap()));
+    }
+    Offerd(Some(command.spawn().unwrap()))
+}
+
+/// Per shard: (owner, checkpoint).
+async fn leases(db: &aws_sdk_dynamodb::Client, table: &str) -> BTreeMap<String, (Option<String>, String)> {
+    let out = db.scan().table_name(table).consistent_read(true).send().await.unwrap();
+    out.items()
+        .iter()
+        .map(|item| {
+            let s = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+            (s("leaseKey").unwrap(), (s("leaseOwner"), s("checkpoint").unwrap_or_default()))
+        })
+        .collect()
+}
+
+/// How many leases each worker holds.
+fn held(leases: &BTreeMap<String, (Option<String>, String)>) -> BTreeMap<String, usize> {
+    let mut held = BTreeMap::new();
+    for (owner, _) in leases.values() {
+        *held.entry(owner.clone().unwrap_or_else(|| "(none)".into())).or_default() += 1;
+    }
+    held
+}
+
+/// Polls the table until `done` holds of it; the leases then.
+async fn wait_for_leases(
+    db: &aws_sdk_dynamodb::Client,
+    table: &str,
+    what: &str,
+    done: impl Fn(&BTreeMap<String, (Option<String>, String)>) -> bool,
+) -> BTreeMap<String, (Option<String>, String)> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if db.describe_table().table_name(table).send().await.is_ok() {
+            let leases = leases(db, table).await;
+            if done(&leases) {
+                return leases;
+            }
+            assert!(Instant::now() < deadline, "{what}: never happened; leases {leases:?}");
+        }
+        assert!(Instant::now() < deadline, "{what}: the lease table {table} never appeared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `n` sign-ups of distinct users, round `round`.
+fn round(round: usize, n: usize) -> Vec<(String, String)> {
+    (0..n).map(|u| (format!("u{u}"), signup(&format!("u{u}"), round))).collect()
+}
+
+/// Polls the output stream until every input record (shard, sequence
+/// number) has come out; how many outputs repeat one.
+async fn duplicates_once_all_out(k: &Kinesis, s: &Streams, inputs: &[(String, Seq)]) -> usize {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut count: HashMap<(String, Seq), usize> = HashMap::new();
+        for v in k.read_all(&s.output).await {
+            *count.entry((v["source"]["shard_id"].as_str().unwrap().to_owned(), seq(&v))).or_default() += 1;
+        }
+        let missing = inputs.iter().filter(|i| !count.contains_key(*i)).count();
+        if missing == 0 {
+            return count.values().map(|n| n - 1).sum();
+        }
+        assert!(Instant::now() < deadline, "{missing} of {} records never came out", inputs.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Three workers share eight shards within one lease of each other; a
+/// fourth takes its share with only the leases it needs moving; SIGTERM
+/// hands a worker's leases over at once and repeats nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_balance_a_joiner_takes_its_share_and_sigterm_hands_off_without_duplicates() {
+    let (k, db, table) = (Kinesis::new().await, dynamodb().await, fresh_table());
+    let s = streams(&k, 8).await;
+    let store = store_with("reference");
+    let mut workers: Vec<Offerd> =
+        ["w1", "w2", "w3"].iter().map(|id| worker(&k, &s, &table, id, store.path(), &[], None)).collect();
+    let mut inputs = k.put(&s.input, &round(0, 200)).await;
+    wait_for_leases(&db, &table, "3 workers balanced ±1", |l| {
+        let held = held(l);
+        l.len() == 8 && held.len() == 3 && !held.contains_key("(none)") && held.values().all(|n| (2..=3).contains(n))
+    })
+    .await;
+    // Workers starting together move leases while they settle (the first
+    // to scan sees only itself); from here on, moves are counted.
+    let settled = duplicates_once_all_out(&k, &s, &inputs).await;
+
+    workers.push(worker(&k, &s, &table, "w4", store.path(), &[], None));
+    let feeding = {
+        let (k, input) = (k.clone(), s.input.clone());
+        tokio::spawn(async move {
+            let mut landed = Vec::new();
+            for r in 1..=10 {
+                landed.extend(k.put(&input, &round(r, 20)).await);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            landed
+        })
+    };
+    wait_for_leases(&db, &table, "4 workers with 2 leases each", |l| {
+        held(l).values().all(|n| *n == 2) && held(l).len() == 4
+    })
+    .await;
+    inputs.extend(feeding.await.unwrap());
+    let before = duplicates_once_all_out(&k, &s, &inputs).await;
+    assert!(
+        before - settled <= 2 * 50,
+        "{} duplicates: more than one batch for each of the 2 shards moved to the joiner",
+        before - settled
+    );
+
+    let w1 = workers.remove(0);
+    w1.stop_with("TERM");
+    let handed = wait_for_leases(&db, &table, "w1's leases taken by the others", |l| {
+        l.values().all(|(owner, _)| owner.as_deref().is_some_and(|o| o != "w1"))
+    })
+    .await;
+    assert_eq!(held(&handed).len(), 3, "{handed:?}");
+    inputs.extend(k.put(&s.input, &round(11, 200)).await);
+    assert_eq!(duplicates_once_all_out(&k, &s, &inputs).await, before, "the SIGTERM hand-off repeated records");
+    for w in workers {
+        w.stop_with("TERM");
+    }
+    let released = leases(&db, &table).await;
+    assert!(released.values().all(|(owner, _)| owner.is_none()), "leases left held after SIGTERM: {released:?}");
+}
+
+/// kill -9 of a worker under load: the other takes its shards once their
+/// leases expire; nothing is lost, and repeats stay within the killed
+/// worker's last batch per shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_shards_are_taken_over_and_nothing_is_lost() {
+    let (k, db, table) = (Kinesis::new().await, dynamodb().await, fresh_table());
+    let s = streams(&k, 4).await;
+    let store = store_with("reference");
+    let a = worker(&k, &s, &table, "a", store.path(), &[], None);
+    let b = worker(&k, &s, &table, "b", store.path(), &[], None);
+    wait_for_leases(&db, &table, "a and b hold 2 leases each", |l| {
+        let held = held(l);
+        held.get("a") == Some(&2) && held.get("b") == Some(&2)
+    })
+    .await;
+    let mut inputs = k.put(&s.input, &round(0, 200)).await;
+    k.wait_for(&s.output, &s.dlq, 100).await;
+    a.kill_9();
+    let killed = Instant::now();
+    inputs.extend(k.put(&s.input, &round(1, 200)).await);
+    wait_for_leases(&db, &table, "b holds all 4", |l| held(l).get("b") == Some(&4)).await;
+    eprintln!("failover after kill -9: {:?} (lease 1 s, renewal 250 ms)", killed.elapsed());
+    let repeated = duplicates_once_all_out(&k, &s, &inputs).await;
+    assert!(repeated <= 2 * 50, "{repeated} duplicates: more than one batch for each of a's 2 shards");
+    b.stop_with("TERM");
+}
+
+/// A worker paused (SIGSTOP) past its lease loses it to another; resumed,
+/// it learns it lost it, and cannot checkpoint those shards any more: the
+/// checkpoints are the other worker's, and every record comes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_worker_is_fenced_off_its_shards() {
+    let (k, db, table) = (Kinesis::new().await, dynamodb().await, fresh_table());
+    let s = streams(&k, 2).await;
+    let store = store_with("reference");
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let a = worker(&k, &s, &table, "a", store.path(), &[], Some(log.path()));
+    wait_for_leases(&db, &table, "a holds both", |l| held(l).get("a") == Some(&2)).await;
+    let mut inputs = k.put(&s.input, &round(0, 100)).await;
+    k.wait_for(&s.output, &s.dlq, 100).await;
+
+    a.signal("STOP");
+    let b = worker(&k, &s, &table, "b", store.path(), &[], None);
+    wait_for_leases(&db, &table, "b took both from the paused a", |l| held(l).get("b") == Some(&2)).await;
+    inputs.extend(k.put(&s.input, &round(1, 100)).await);
+    k.wait_for(&s.output, &s.dlq, 200).await;
+    let before = leases(&db, &table).await;
+    a.signal("CONT");
+    // a finds out at its first renewal: both leases lost.
+    let deadline = Instant::now() + DEADLINE;
+    while std::fs::read_to_string(log.path()).unwrap().matches("lease lost").count() < 2 {
+        assert!(Instant::now() < deadline, "a never noticed: {}", std::fs::read_to_string(log.path()).unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    inputs.extend(k.put(&s.input, &round(2, 100)).await);
+    duplicates_once_all_out(&k, &s, &inputs).await;
+    // a may take one lease back to balance, but from b's checkpoint on: no
+    // checkpoint went backwards.
+    let after = leases(&db, &table).await;
+    for (shard, (_, checkpoint)) in &before {
+        let now = &after[shard].1;
+        assert!(
+            (now.len(), now) >= (checkpoint.len(), checkpoint),
+            "{shard}: checkpoint went back from {checkpoint} to {now}"
+        );
+    }
+    b.stop_with("TERM");
+    a.stop_with("TERM");
+}
+
+/// A lease table written by a Kinesis Client Library application (its
+/// attribute names, a worker that is gone) is adopted: its leases are taken
+/// once they expire and reading resumes after their checkpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kcl_lease_table_is_adopted_with_its_checkpoints() {
+    let (k, db, table) = (Kinesis::new().await, dynamodb().await, fresh_table());
+    let s = streams(&k, 2).await;
+    let first = k.put(&s.input, &round(0, 40)).await;
+    // The KCL application processed the first 5 records of each shard.
+    let mut checkpoints: BTreeMap<&str, &Seq> = BTreeMap::new();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (shard, seq) in &first {
+        let n = seen.entry(shard).or_default();
+        *n += 1;
+        if *n == 5 {
+            checkpoints.insert(shard, seq);
+        }
+    }
+    db.create_table()
+        .table_name(&table)
+        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
+        .key_schema(
+            aws_sdk_dynamodb::types::KeySchemaElement::builder()
+                .attribute_name("leaseKey")
+                .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .attribute_definitions(
+            aws_sdk_dynamodb::types::AttributeDefinition::builder()
+                .attribute_name("leaseKey")
+                .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while db.describe_table().table_name(&table).send().await.unwrap().table().unwrap().table_status()
+        != Some(&aws_sdk_dynamodb::types::TableStatus::Active)
+    {
+        assert!(Instant::now() < deadline, "the KCL table never became active");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (shard, seq) in &checkpoints {
+        db.put_item()
+            .table_name(&table)
+            .item("leaseKey", AttributeValue::S((*shard).to_owned()))
+            .item("leaseOwner", AttributeValue::S("kcl-worker-long-gone".into()))
+            .item("leaseCounter", AttributeValue::N("41".into()))
+            .item("checkpoint", AttributeValue::S(seq.1.clone()))
+            .item("checkpointSubSequenceNumber", AttributeValue::N("0".into()))
+            .item("ownerSwitchesSinceCheckpoint", AttributeValue::N("2".into()))
+            .send()
+            .await
+            .unwrap();
+    }
+    let store = store_with("reference");
+    let w = worker(&k, &s, &table, "offerd-1", store.path(), &[], None);
+    let (offers, _) = k.wait_for(&s.output, &s.dlq, 30).await;
+    wait_for_leases(&db, &table, "offerd took both", |l| held(l).get("offerd-1") == Some(&2)).await;
+    let after_checkpoints: Vec<&(String, Seq)> = first
+        .iter()
+        .filter(|(shard, seq)| (seq.0, &seq.1) > (checkpoints[shard.as_str()].0, &checkpoints[shard.as_str()].1))
+        .collect();
+    assert_eq!(after_checkpoints.len(), 30);
+    assert_eq!(offers.len(), 30, "only the records after the KCL's checkpoints come out");
+    for v in &offers {
+        let shard = v["source"]["shard_id"].as_str().unwrap();
+        let at = checkpoints[shard];
+        let s = seq(v);
+        assert!((s.0, &s.1) > (at.0, &at.1), "{shard}: {s:?} is not after the checkpoint {at:?}");
+    }
+    w.stop_with("TERM");
+}
