@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::stream::{DEADLINE, Kinesis, Offerd, Seq, Streams, seq, signup, streams};
+use super::stream::{
+    DEADLINE, Kinesis, Offerd, Seq, Streams, put_round, rounds_by_user, seq, shard_starting_at, signup,
+    split_first_shard, streams,
+};
 use super::{catalogs, store_with};
 
 fn dynamodb_endpoint() -> String {
@@ -126,7 +129,8 @@ async fn duplicates_once_all_out(k: &Kinesis, s: &Streams, inputs: &[(String, Se
 
 /// Three workers share eight shards within one lease of each other; a
 /// fourth takes its share with only the leases it needs moving; SIGTERM
-/// hands a worker's leases over at once and repeats nothing.
+/// hands a worker's leases over at once. Leases move at batch boundaries
+/// (hand-offs), so none of it repeats a record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_balance_a_joiner_takes_its_share_and_sigterm_hands_off_without_duplicates() {
     let (k, db, table) = (Kinesis::new().await, dynamodb().await, fresh_table());
@@ -141,9 +145,11 @@ async fn workers_balance_a_joiner_takes_its_share_and_sigterm_hands_off_without_
     })
     .await;
     // Workers starting together move leases while they settle (the first
-    // to scan sees only itself); from here on, moves are counted.
-    let settled = duplicates_once_all_out(&k, &s, &inputs).await;
+    // to scan sees only itself and takes all), by hand-offs at batch
+    // boundaries: nothing is repeated.
+    assert_eq!(duplicates_once_all_out(&k, &s, &inputs).await, 0, "balancing at start-up repeated records");
 
+    // A fourth joins while sign-ups flow: the two leases it needs move, again without repeats.
     workers.push(worker(&k, &s, &table, "w4", store.path(), &[], None));
     let feeding = {
         let (k, input) = (k.clone(), s.input.clone());
@@ -161,12 +167,7 @@ async fn workers_balance_a_joiner_takes_its_share_and_sigterm_hands_off_without_
     })
     .await;
     inputs.extend(feeding.await.unwrap());
-    let before = duplicates_once_all_out(&k, &s, &inputs).await;
-    assert!(
-        before - settled <= 2 * 50,
-        "{} duplicates: more than one batch for each of the 2 shards moved to the joiner",
-        before - settled
-    );
+    assert_eq!(duplicates_once_all_out(&k, &s, &inputs).await, 0, "the joiner's hand-offs repeated records");
 
     let w1 = workers.remove(0);
     w1.stop_with("TERM");
@@ -176,7 +177,7 @@ async fn workers_balance_a_joiner_takes_its_share_and_sigterm_hands_off_without_
     .await;
     assert_eq!(held(&handed).len(), 3, "{handed:?}");
     inputs.extend(k.put(&s.input, &round(11, 200)).await);
-    assert_eq!(duplicates_once_all_out(&k, &s, &inputs).await, before, "the SIGTERM hand-off repeated records");
+    assert_eq!(duplicates_once_all_out(&k, &s, &inputs).await, 0, "the SIGTERM hand-off repeated records");
     for w in workers {
         w.stop_with("TERM");
     }
@@ -329,4 +330,60 @@ async fn a_kcl_lease_table_is_adopted_with_its_checkpoints() {
         assert!((s.0, &s.1) > (at.0, &at.1), "{shard}: {s:?} is not after the checkpoint {at:?}");
     }
     w.stop_with("TERM");
+}
+
+/// A split, then a merge, while three workers share the stream: every
+/// child is read only after its parents were read to their end, whichever
+/// worker held them, so each key's records come out once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_and_merge_across_three_workers_keep_per_key_order() {
+    let (k, db, table) = (Kinesis::new().await, dynamodb().await, fresh_table());
+    let s = streams(&k, 2).await;
+    let store = store_with("reference");
+    let workers: Vec<Offerd> =
+        ["w1", "w2", "w3"].iter().map(|id| worker(&k, &s, &table, id, store.path(), &[], None)).collect();
+    wait_for_leases(&db, &table, "both shards held by two workers", |l| {
+        l.len() == 2 && held(l).len() == 2 && !held(l).contains_key("(none)")
+    })
+    .await;
+    let mut landed: HashMap<(String, Seq), usize> = HashMap::new();
+    for round in 0..3 {
+        put_round(&k, &s.input, 12, round, &mut landed).await;
+    }
+    let (first, mid, end) = split_first_shard(&k, &s.input).await;
+    for round in 3..6 {
+        put_round(&k, &s.input, 12, round, &mut landed).await;
+    }
+    let (upper, ..) = shard_starting_at(&k, &s.input, &mid.to_string()).await;
+    let (second, ..) = shard_starting_at(&k, &s.input, &(end + 1).to_string()).await;
+    k.client
+        .merge_shards()
+        .stream_name(&s.input)
+        .shard_to_merge(&upper)
+        .adjacent_shard_to_merge(&second)
+        .send()
+        .await
+        .unwrap();
+    for round in 6..9 {
+        put_round(&k, &s.input, 12, round, &mut landed).await;
+    }
+    let (offers, dead) = k.wait_for(&s.output, &s.dlq, 108).await;
+    let after = wait_for_leases(&db, &table, "the three parents read to their end", |l| {
+        [&first, &upper, &second].iter().all(|p| l.get(p.as_str()).is_some_and(|(_, c)| c == "SHARD_END"))
+    })
+    .await;
+    for w in workers {
+        w.stop_with("TERM");
+    }
+    assert!(dead.is_empty(), "{dead:?}");
+    assert_eq!(after.len(), 5, "a lease for each parent and child: {after:?}");
+    assert_eq!(offers.len(), 108, "each record once");
+    let readers: BTreeMap<&str, usize> = offers.iter().fold(BTreeMap::new(), |mut m, o| {
+        *m.entry(o["source"]["shard_id"].as_str().unwrap()).or_default() += 1;
+        m
+    });
+    assert_eq!(readers.len(), 5, "parents, split children and the merged child: {readers:?}");
+    for (user, rounds) in rounds_by_user(&offers, &landed) {
+        assert_eq!(rounds, (0..9).collect::<Vec<_>>(), "{user}: outputs out of put order");
+    }
 }

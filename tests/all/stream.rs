@@ -376,7 +376,7 @@ async fn restart_resumes_from_the_checkpoint() {
 
 /// Per key, the rounds of its outputs in output-stream order, given where
 /// each input landed. Panics on an output whose source is not an input.
-fn rounds_by_user(offers: &[Value], landed: &HashMap<(String, Seq), usize>) -> BTreeMap<String, Vec<usize>> {
+pub(super) fn rounds_by_user(offers: &[Value], landed: &HashMap<(String, Seq), usize>) -> BTreeMap<String, Vec<usize>> {
     let mut by_user: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for o in offers {
         let source = (o["source"]["shard_id"].as_str().unwrap().to_owned(), seq(o));
@@ -389,7 +389,13 @@ fn rounds_by_user(offers: &[Value], landed: &HashMap<(String, Seq), usize>) -> B
 /// The shard whose hash range starts at `start`.
 /// Puts one round: one sign-up for each of `users` keys, in one call, and
 /// records where each landed.
-async fn put_round(k: &Kinesis, stream: &str, users: usize, round: usize, landed: &mut HashMap<(String, Seq), usize>) {
+pub(super) async fn put_round(
+    k: &Kinesis,
+    stream: &str,
+    users: usize,
+    round: usize,
+    landed: &mut HashMap<(String, Seq), usize>,
+) {
     let batch: Vec<(String, String)> = (0..users).map(|u| (format!("u{u}"), signup(&format!("u{u}"), round))).collect();
     for source in k.put(stream, &batch).await {
         landed.insert(source, round);
@@ -399,7 +405,7 @@ async fn put_round(k: &Kinesis, stream: &str, users: usize, round: usize, landed
 /// Splits the shard whose hash range starts at 0 into two halves and waits
 /// until the stream is active: (parent, first key of the upper half, last key
 /// of the parent).
-async fn split_first_shard(k: &Kinesis, stream: &str) -> (String, u128, u128) {
+pub(super) async fn split_first_shard(k: &Kinesis, stream: &str) -> (String, u128, u128) {
     let (first, start, end) = shard_starting_at(k, stream, "0").await;
     let (start, end): (u128, u128) = (start.parse().unwrap(), end.parse().unwrap());
     let mid = (start + end) / 2;
@@ -415,7 +421,7 @@ async fn split_first_shard(k: &Kinesis, stream: &str) -> (String, u128, u128) {
     (first, mid, end)
 }
 
-async fn shard_starting_at(k: &Kinesis, stream: &str, start: &str) -> (String, String, String) {
+pub(super) async fn shard_starting_at(k: &Kinesis, stream: &str, start: &str) -> (String, String, String) {
     let shards = k.client.list_shards().stream_name(stream).send().await.unwrap();
     let s = shards.shards().iter().find(|s| s.hash_key_range().unwrap().starting_hash_key() == start).unwrap();
     let range = s.hash_key_range().unwrap();

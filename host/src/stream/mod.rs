@@ -181,7 +181,7 @@ pub async fn run(
                 drained.insert(id.to_owned());
                 continue;
             }
-            if leases.as_ref().is_some_and(|l| !l.holds(id)) {
+            if leases.as_ref().is_some_and(|l| !l.holds(id) || l.handing_off(id)) {
                 continue;
             }
             let parents: Vec<&str> =
@@ -245,9 +245,21 @@ pub async fn run(
         }
         if let Some(leases) = &leases {
             for (id, shard) in &running {
-                if !leases.holds(id) && !*shard.stop.borrow() {
+                if *shard.stop.borrow() {
+                    continue;
+                }
+                if !leases.holds(id) {
                     tracing::info!(shard_id = id, "lease lost: stopping the shard");
                     shard.stop.send_replace(true);
+                } else if leases.handing_off(id) {
+                    tracing::info!(shard_id = id, "handing the lease over: stopping after the batch in flight");
+                    shard.stop.send_replace(true);
+                }
+            }
+            // Stopped and checkpointed (or never started): over to the worker that asked.
+            for id in leases.handoffs() {
+                if !running.contains_key(&id) {
+                    leases.hand_over(&id).await;
                 }
             }
         }

@@ -3,8 +3,8 @@
 //!
 //! Each worker aims at its fair share, ⌈active leases ÷ live workers⌉. It
 //! takes available leases (unowned, or expired: their counter has not moved
-//! for a lease duration) up to its share; with none available it steals
-//! from the most loaded worker, as many as that worker holds beyond the
+//! for a lease duration) up to its share; with none available it asks the
+//! most loaded worker for leases (a hand-off, counted as its own from then), as many as that worker holds beyond the
 //! share and it still needs (one when both are at the share and it needs
 //! more than one). Finished parents count toward nobody's load, and a child
 //! is taken only once all its parents are finished.
@@ -24,8 +24,13 @@ pub fn to_take<'a>(me: &str, leases: &'a [Lease], expired: &HashSet<&str>) -> Ve
     let active: Vec<&Lease> = leases.iter().filter(|l| !finished(l) && (ready(l) || live_owner(l).is_some())).collect();
     let mut load: BTreeMap<&str, Vec<&Lease>> = BTreeMap::from([(me, Vec::new())]);
     for lease in &active {
-        if let Some(owner) = live_owner(lease) {
-            load.entry(owner).or_default().push(lease);
+        // A lease being handed over to a worker is already its load.
+        let holder = match (live_owner(lease), lease.handoff_to.as_deref()) {
+            (Some(_), Some(to)) => Some(to),
+            (owner, _) => owner,
+        };
+        if let Some(holder) = holder {
+            load.entry(holder).or_default().push(lease);
         }
     }
     let target = active.len().div_ceil(load.len());
@@ -88,6 +93,7 @@ mod tests {
             children: Vec::new(),
             hash_keys: None,
             start_timestamp_ms: None,
+            handoff_to: None,
         }
     }
 
@@ -163,5 +169,18 @@ mod tests {
         let leases = vec![parent_a, parent_b, child];
         let took: Vec<&str> = to_take("a", &leases, &HashSet::new()).iter().map(|l| l.key.as_str()).collect();
         assert_eq!(took, ["child"], "a holds only a finished parent: its load is 0");
+    }
+
+    #[test]
+    fn a_lease_being_handed_over_counts_for_the_worker_that_asked() {
+        let mut leases: Vec<Lease> = (0..4).map(|i| lease(&format!("s{i}"), Some("a"))).collect();
+        // b asked for one: it is b's load now, and b asks for one more, not two.
+        leases[0].handoff_to = Some("b".into());
+        let asked: Vec<String> = to_take("b", &leases, &HashSet::new()).iter().map(|l| l.key.clone()).collect();
+        assert_eq!(asked.len(), 1, "{asked:?}");
+        assert_ne!(asked[0], "s0");
+        // With both asked for, b is at its share.
+        leases.iter_mut().find(|l| l.key == asked[0]).unwrap().handoff_to = Some("b".into());
+        assert!(to_take("b", &leases, &HashSet::new()).is_empty());
     }
 }

@@ -6,6 +6,13 @@
 //! duration, timed on its own clock. Every checkpoint is a conditional write
 //! on the lease as held, so a worker that lost a lease (paused, cut off)
 //! cannot move that shard's checkpoint afterwards.
+//!
+//! Balancing never interrupts a batch: a worker below its share asks the
+//! owner of a lease for it (`offerdHandoffTo`), and the owner hands it over
+//! once the shard's batch in flight is checkpointed — so a worker joining or
+//! leaving repeats nothing. Only an owner that ignores the request for
+//! [`HANDOFF_PATIENCE`] lease durations (a KCL worker, an older offerd) has
+//! the lease taken from it.
 
 mod balance;
 pub mod table;
@@ -21,6 +28,10 @@ use super::StartAt;
 use super::checkpoint::{Checkpoint, CheckpointStore};
 use crate::metrics::Metrics;
 pub use table::{Lease, LeaseError, LeaseTable, SHARD_END};
+
+/// Lease durations a worker waits for a requested hand-off before it takes
+/// the lease anyway.
+const HANDOFF_PATIENCE: u32 = 3;
 
 /// How a worker takes part.
 #[derive(Debug, Clone)]
@@ -44,6 +55,9 @@ struct Held {
     /// Serialises this lease's writes (renewal and checkpoint), which are
     /// conditional on the counter the other one moves.
     writing: Arc<tokio::sync::Mutex<()>>,
+    /// The worker that asked for this lease: the shard stops at its next
+    /// batch boundary and the lease goes to it.
+    handoff_to: Option<String>,
 }
 
 /// This worker's leases, and the table as last scanned.
@@ -91,6 +105,43 @@ impl Leases {
         self.held().contains_key(shard_id)
     }
 
+    /// Whether another worker asked for this held lease.
+    pub fn handing_off(&self, shard_id: &str) -> bool {
+        self.held().get(shard_id).is_some_and(|h| h.handoff_to.is_some())
+    }
+
+    /// Held leases another worker asked for.
+    pub fn handoffs(&self) -> Vec<String> {
+        self.held().iter().filter(|(_, h)| h.handoff_to.is_some()).map(|(k, _)| k.clone()).collect()
+    }
+
+    /// Hands a lease over to the worker that asked for it; call once its
+    /// shard has stopped here (its last batch checkpointed).
+    pub async fn hand_over(&self, shard_id: &str) {
+        let Some((writing, to)) =
+            self.held().get(shard_id).and_then(|h| Some((h.writing.clone(), h.handoff_to.clone()?)))
+        else {
+            return;
+        };
+        let _writing = writing.lock().await;
+        let Some(counter) = self.held().get(shard_id).map(|h| h.counter) else {
+            return;
+        };
+        match self.table.hand_over(shard_id, &self.me, counter, &to).await {
+            Ok(_) => {
+                self.held().remove(shard_id);
+                tracing::info!(shard_id, to, "lease handed over");
+                self.metrics.lease_event("handed_over");
+                self.metrics.leases_held(self.held().len());
+                self.changed.send_replace(());
+            }
+            Err(LeaseError::Lost(_)) => self.lose(shard_id, "taken by another worker before the hand-over"),
+            Err(LeaseError::Other(e)) => {
+                tracing::warn!(shard_id, error = %format!("{e:#}"), "handing a lease over failed; retrying");
+            }
+        }
+    }
+
     /// Wakes whenever a lease is taken or lost.
     pub fn subscribe(&self) -> watch::Receiver<()> {
         self.changed.subscribe()
@@ -101,6 +152,8 @@ impl Leases {
     pub async fn maintain(self: Arc<Self>, stopping: watch::Receiver<bool>, mut end: watch::Receiver<bool>) {
         // Per lease: the counter last seen and when it was first seen.
         let mut observed: HashMap<String, (u64, Instant)> = HashMap::new();
+        // Hand-offs this worker asked for, and when.
+        let mut requested: HashMap<String, Instant> = HashMap::new();
         let mut tick = tokio::time::interval(self.renew_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -127,6 +180,9 @@ impl Leases {
                 }
             }
             *self.seen() = leases.iter().map(|l| (l.key.clone(), l.clone())).collect();
+            self.note_handoff_requests(&leases);
+            requested
+                .retain(|key, _| leases.iter().any(|l| l.key == *key && l.handoff_to.as_deref() == Some(&self.me)));
             if !*stopping.borrow() {
                 let expired: HashSet<&str> = leases
                     .iter()
@@ -136,7 +192,7 @@ impl Leases {
                     })
                     .map(|l| l.key.as_str())
                     .collect();
-                self.take_round(&leases, &expired).await;
+                self.take_round(&leases, &expired, &mut requested).await;
             }
         }
     }
@@ -184,44 +240,98 @@ impl Leases {
         }
     }
 
-    /// Takes leases this worker left behind under the same id (a restart),
-    /// then its share by [`balance::to_take`].
-    async fn take_round(&self, leases: &[Lease], expired: &HashSet<&str>) {
+    /// Marks held leases that another worker asked for; the run loop stops
+    /// their shards and hands them over.
+    fn note_handoff_requests(&self, leases: &[Lease]) {
+        let mut asked = false;
+        for lease in leases {
+            let Some(to) = lease.handoff_to.as_deref().filter(|to| *to != self.me) else { continue };
+            if let Some(held) = self.held().get_mut(&lease.key)
+                && held.handoff_to.is_none()
+            {
+                tracing::info!(shard_id = lease.key, to, "hand-off asked for: stopping after the batch in flight");
+                held.handoff_to = Some(to.to_owned());
+                asked = true;
+            }
+        }
+        if asked {
+            self.changed.send_replace(());
+        }
+    }
+
+    /// Takes leases handed over or left behind under this worker's id (a
+    /// restart), then its share by [`balance::to_take`]: available leases
+    /// at once, a live worker's by asking it for a hand-off, or by taking
+    /// it when the owner ignored the request.
+    async fn take_round(&self, leases: &[Lease], expired: &HashSet<&str>, requested: &mut HashMap<String, Instant>) {
         let mine_unheld: Vec<&Lease> = leases
             .iter()
             .filter(|l| l.owner.as_deref() == Some(&self.me) && l.checkpoint != SHARD_END && !self.holds(&l.key))
             .collect();
-        let share = balance::to_take(&self.me, leases, expired);
+        let patience = self.duration * HANDOFF_PATIENCE;
+        let ignored: Vec<&Lease> =
+            leases.iter().filter(|l| requested.get(&l.key).is_some_and(|at| at.elapsed() > patience)).collect();
         let mut took = false;
-        for lease in mine_unheld.into_iter().chain(share) {
-            let event = match &lease.owner {
-                Some(owner) if owner != &self.me && !expired.contains(lease.key.as_str()) => "stolen",
-                _ => "taken",
-            };
-            match self.table.take(lease, &self.me).await {
-                Ok(counter) => {
-                    tracing::info!(shard_id = lease.key, from = lease.owner.as_deref(), event, "lease taken");
-                    self.held().insert(
-                        lease.key.clone(),
-                        Held {
-                            counter,
-                            renewed: Instant::now(),
-                            checkpoint: lease.checkpoint.clone(),
-                            writing: Arc::default(),
-                        },
-                    );
-                    self.metrics.lease_event(event);
-                    took = true;
+        for lease in balance::to_take(&self.me, leases, expired) {
+            let live = lease.owner.as_deref().is_some_and(|o| o != self.me) && !expired.contains(lease.key.as_str());
+            if !live {
+                took |= self.take(lease, "taken").await;
+                continue;
+            }
+            match self.table.request_handoff(lease, &self.me).await {
+                Ok(()) => {
+                    tracing::info!(shard_id = lease.key, from = lease.owner.as_deref(), "hand-off asked for");
+                    self.metrics.lease_event("handoff_asked");
+                    requested.insert(lease.key.clone(), Instant::now());
                 }
-                Err(LeaseError::Lost(_)) => tracing::debug!(shard_id = lease.key, "lease moved before it was taken"),
+                Err(LeaseError::Lost(_)) => {
+                    tracing::debug!(shard_id = lease.key, "lease moved before a hand-off was asked")
+                }
                 Err(LeaseError::Other(e)) => {
-                    tracing::warn!(shard_id = lease.key, error = %format!("{e:#}"), "taking a lease failed")
+                    tracing::warn!(shard_id = lease.key, error = %format!("{e:#}"), "asking for a hand-off failed")
                 }
             }
+        }
+        for lease in mine_unheld {
+            took |= self.take(lease, "taken").await;
+        }
+        for lease in ignored {
+            tracing::warn!(shard_id = lease.key, owner = lease.owner.as_deref(), "hand-off ignored: taking the lease");
+            requested.remove(&lease.key);
+            took |= self.take(lease, "stolen").await;
         }
         if took {
             self.metrics.leases_held(self.held().len());
             self.changed.send_replace(());
+        }
+    }
+
+    /// Takes one lease as seen; whether it did.
+    async fn take(&self, lease: &Lease, event: &'static str) -> bool {
+        match self.table.take(lease, &self.me).await {
+            Ok(counter) => {
+                tracing::info!(shard_id = lease.key, from = lease.owner.as_deref(), event, "lease taken");
+                self.held().insert(
+                    lease.key.clone(),
+                    Held {
+                        counter,
+                        renewed: Instant::now(),
+                        checkpoint: lease.checkpoint.clone(),
+                        writing: Arc::default(),
+                        handoff_to: None,
+                    },
+                );
+                self.metrics.lease_event(event);
+                true
+            }
+            Err(LeaseError::Lost(_)) => {
+                tracing::debug!(shard_id = lease.key, "lease moved before it was taken");
+                false
+            }
+            Err(LeaseError::Other(e)) => {
+                tracing::warn!(shard_id = lease.key, error = %format!("{e:#}"), "taking a lease failed");
+                false
+            }
         }
     }
 
@@ -264,6 +374,7 @@ impl Leases {
                     .hash_key_range()
                     .map(|r| (r.starting_hash_key().to_owned(), r.ending_hash_key().to_owned())),
                 start_timestamp_ms,
+                handoff_to: None,
             };
             if self.table.create(&lease).await? {
                 tracing::info!(shard_id = lease.key, checkpoint, ?parents, "lease created");

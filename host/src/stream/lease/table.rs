@@ -32,6 +32,9 @@ mod attr {
     /// `AT_TIMESTAMP` or `LATEST` position means, so that every worker that
     /// takes the lease starts at the same place.
     pub const START_TIMESTAMP: &str = "offerdStartTimestamp";
+    /// offerd's own: the worker that asked the owner to hand the lease over
+    /// at its next batch boundary (instead of stealing it mid-batch).
+    pub const HANDOFF_TO: &str = "offerdHandoffTo";
 }
 
 /// How long table creation may take before start-up gives up.
@@ -52,6 +55,8 @@ pub struct Lease {
     pub children: Vec<String>,
     pub hash_keys: Option<(String, String)>,
     pub start_timestamp_ms: Option<i64>,
+    /// A worker waiting for the owner to hand this lease over.
+    pub handoff_to: Option<String>,
 }
 
 /// The sentinel of a closed shard read to its end.
@@ -270,7 +275,59 @@ impl LeaseTable {
     /// # Errors
     /// [`LeaseError::Lost`] when another worker took it meanwhile.
     pub async fn release(&self, key: &str, owner: &str, counter: u64) -> Result<u64, LeaseError> {
-        self.update_held(key, owner, counter, "SET #counter = :next REMOVE #owner", &[], Vec::new(), "releasing").await
+        self.update_held(
+            key,
+            owner,
+            counter,
+            "SET #counter = :next REMOVE #owner, #handoff",
+            &[("#handoff", attr::HANDOFF_TO)],
+            Vec::new(),
+            "releasing",
+        )
+        .await
+    }
+
+    /// Hands a lease this worker holds at `counter` to the worker that asked
+    /// for it, once its shard is checkpointed and stopped here.
+    ///
+    /// # Errors
+    /// [`LeaseError::Lost`] when another worker took it meanwhile.
+    pub async fn hand_over(&self, key: &str, owner: &str, counter: u64, to: &str) -> Result<u64, LeaseError> {
+        self.update_held(
+            key,
+            owner,
+            counter,
+            "SET #counter = :next, #owner = :to ADD #switches :one REMOVE #handoff",
+            &[("#handoff", attr::HANDOFF_TO), ("#switches", attr::OWNER_SWITCHES)],
+            vec![(":to", s(to)), (":one", n(1))],
+            "handing over",
+        )
+        .await
+    }
+
+    /// Asks `lease`'s owner to hand it over to `to` at its next batch
+    /// boundary. Changes neither owner nor counter, so the owner's
+    /// conditional writes go on; refused when the owner changed or another
+    /// worker asked first.
+    ///
+    /// # Errors
+    /// [`LeaseError::Lost`] when the owner changed or a hand-off is already asked for.
+    pub async fn request_handoff(&self, lease: &Lease, to: &str) -> Result<(), LeaseError> {
+        let owner = lease.owner.as_deref().unwrap_or_default();
+        self.client
+            .update_item()
+            .table_name(&self.name)
+            .key(attr::KEY, s(&lease.key))
+            .update_expression("SET #handoff = :to")
+            .condition_expression("#owner = :owner AND attribute_not_exists(#handoff)")
+            .expression_attribute_names("#owner", attr::OWNER)
+            .expression_attribute_names("#handoff", attr::HANDOFF_TO)
+            .expression_attribute_values(":owner", s(owner))
+            .expression_attribute_values(":to", s(to))
+            .send()
+            .await
+            .map_err(|e| classify(e, &lease.key, "asking for"))?;
+        Ok(())
     }
 
     /// An update of a lease conditional on this worker holding it at
@@ -319,9 +376,9 @@ impl LeaseTable {
         let next = lease.counter + 1;
         let switched = lease.owner.as_deref().is_some_and(|o| o != owner);
         let update = if switched {
-            "SET #owner = :owner, #counter = :next ADD #switches :one"
+            "SET #owner = :owner, #counter = :next ADD #switches :one REMOVE #handoff"
         } else {
-            "SET #owner = :owner, #counter = :next"
+            "SET #owner = :owner, #counter = :next REMOVE #handoff"
         };
         let mut request = self
             .client
@@ -332,6 +389,7 @@ impl LeaseTable {
             .condition_expression("#counter = :counter")
             .expression_attribute_names("#owner", attr::OWNER)
             .expression_attribute_names("#counter", attr::COUNTER)
+            .expression_attribute_names("#handoff", attr::HANDOFF_TO)
             .expression_attribute_values(":owner", s(owner))
             .expression_attribute_values(":counter", n(lease.counter))
             .expression_attribute_values(":next", n(next));
@@ -387,6 +445,7 @@ fn parse(item: &HashMap<String, AttributeValue>) -> anyhow::Result<Lease> {
         children: set(attr::CHILDREN),
         hash_keys: string(attr::STARTING_HASH_KEY).zip(string(attr::ENDING_HASH_KEY)),
         start_timestamp_ms: item.get(attr::START_TIMESTAMP).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()),
+        handoff_to: string(attr::HANDOFF_TO),
         key,
     })
 }
