@@ -17,6 +17,7 @@ use crate::enricher::{Enricher, Outcome};
 use crate::{admin, golden, http_server, module_store, service, stream};
 use run_settings::RunSettings;
 
+mod lease;
 mod publish;
 mod run_settings;
 
@@ -47,6 +48,9 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Put a region of a running offerd back on its previous module.
     Rollback(publish::RollbackArgs),
+    /// Inspect the lease table that workers share a stream through.
+    #[command(subcommand)]
+    Lease(lease::LeaseCommand),
 }
 
 #[derive(Args)]
@@ -146,6 +150,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run(*args),
         Command::Publish(args) => publish::publish(&args),
         Command::Rollback(args) => publish::rollback(&args),
+        Command::Lease(command) => lease::run(&command),
     };
     match result {
         Ok(code) => code,

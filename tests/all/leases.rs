@@ -322,6 +322,16 @@ async fn a_kcl_lease_table_is_adopted_with_its_checkpoints() {
         .filter(|(shard, seq)| (seq.0, &seq.1) > (checkpoints[shard.as_str()].0, &checkpoints[shard.as_str()].1))
         .collect();
     assert_eq!(after_checkpoints.len(), 30);
+    // What `offerd lease list` says: both leases offerd's, the KCL's
+    // checkpoints or later ones.
+    let listed = lease_list(&table);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    for lease in &listed {
+        assert_eq!(lease["owner"], "offerd-1");
+        let at = checkpoints[lease["shard_id"].as_str().unwrap()];
+        let now = lease["checkpoint"].as_str().unwrap();
+        assert!((now.len(), now) >= (at.0, at.1.as_str()), "{lease}");
+    }
     assert_eq!(offers.len(), 30, "only the records after the KCL's checkpoints come out");
     for v in &offers {
         let shard = v["source"]["shard_id"].as_str().unwrap();
@@ -330,6 +340,69 @@ async fn a_kcl_lease_table_is_adopted_with_its_checkpoints() {
         assert!((s.0, &s.1) > (at.0, &at.1), "{shard}: {s:?} is not after the checkpoint {at:?}");
     }
     w.stop_with("TERM");
+}
+
+/// `offerd lease list --json`, one object per lease.
+fn lease_list(table: &str) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_offerd-cli"))
+        .args(["lease", "list", "--table", table, "--json"])
+        .env("AWS_ENDPOINT_URL", dynamodb_endpoint())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// A table that is not a lease table (another key) stops start-up with a
+/// message naming the table and its key; so does listing a missing table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_of_another_shape_stops_start_up_with_what_is_wrong() {
+    let (k, db, table) = (Kinesis::new().await, dynamodb().await, fresh_table());
+    let s = streams(&k, 1).await;
+    db.create_table()
+        .table_name(&table)
+        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
+        .key_schema(
+            aws_sdk_dynamodb::types::KeySchemaElement::builder()
+                .attribute_name("id")
+                .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .attribute_definitions(
+            aws_sdk_dynamodb::types::AttributeDefinition::builder()
+                .attribute_name("id")
+                .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let store = store_with("reference");
+    let out = k
+        .offerd_command(&s, store.path(), &catalogs())
+        .args(["--lease-table", &table])
+        .env("AWS_ENDPOINT_URL_DYNAMODB", dynamodb_endpoint())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{table:?} is not a lease table")) && stderr.contains("\"id\""), "{stderr}");
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_offerd-cli"))
+        .args(["lease", "list", "--table", "no-such-table"])
+        .env("AWS_ENDPOINT_URL", dynamodb_endpoint())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("there is no lease table \"no-such-table\""));
 }
 
 /// A split, then a merge, while three workers share the stream: every

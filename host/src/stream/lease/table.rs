@@ -162,8 +162,24 @@ impl LeaseTable {
         }
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
+    /// A table that must exist already (for reading it), checked like [`Self::open`].
+    ///
+    /// # Errors
+    /// The table is missing, unreadable or not a lease table.
+    pub async fn existing(client: Client, name: &str) -> anyhow::Result<Self> {
+        let out = client.describe_table().table_name(name).send().await.map_err(|e| {
+            if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) {
+                anyhow::anyhow!("there is no lease table {name:?}")
+            } else {
+                anyhow::anyhow!("reading the lease table {name:?}: {}", explain(&e))
+            }
+        })?;
+        let keys: Vec<&str> =
+            out.table().map(|t| t.key_schema().iter().map(|k| k.attribute_name()).collect()).unwrap_or_default();
+        if keys != [attr::KEY] {
+            bail!("DynamoDB table {name:?} is not a lease table: its key is {keys:?}");
+        }
+        Ok(Self { client, name: name.to_owned() })
     }
 
     /// Every lease, read consistently.
