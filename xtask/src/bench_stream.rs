@@ -66,7 +66,7 @@ pub fn run(options: &Options) -> Result<()> {
             &root,
             &streams,
             &modules,
-            &checkpoints,
+            Some(&checkpoints),
             &metrics,
             &aws_env,
             &["--batch-window-ms", &window],

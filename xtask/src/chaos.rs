@@ -32,7 +32,7 @@ const BATCH_SIZE: usize = 50;
 const TOKEN: &str = "chaos-admin-token";
 
 /// Where an input record is: (shard id, sequence number).
-type Source = (String, String);
+pub(crate) type Source = (String, String);
 
 pub fn run(options: &Options) -> Result<()> {
     let root = xtask::workspace_root();
@@ -80,7 +80,7 @@ pub fn run(options: &Options) -> Result<()> {
             let extra = ["--batch-size", &batch, "--admin-addr", admin, "--admin-token-file"];
             let token = token_file.to_str().context("UTF-8 path")?;
             let metrics = free_addr()?;
-            spawn_offerd(&root, &streams, &modules, &checkpoints, &metrics, &aws_env, &[&extra[..], &[token]].concat())
+            spawn_offerd(&root, &streams, &modules, Some(&checkpoints), &metrics, &aws_env, &[&extra[..], &[token]].concat())
         };
         let mut swaps_killed = 0;
         let mut mid_checkpoint = 0;
@@ -193,7 +193,7 @@ fn put_module(admin: &str, region: &str, module: &[u8]) -> std::io::Result<()> {
 }
 
 /// Writes `lines` at `rate` per second; returns where each landed.
-async fn produce(client: Client, stream: String, lines: Vec<String>, rate: usize) -> Result<Vec<Source>> {
+pub(crate) async fn produce(client: Client, stream: String, lines: Vec<String>, rate: usize) -> Result<Vec<Source>> {
     let mut sources = Vec::with_capacity(lines.len());
     let per_tick = (rate / 10).max(1);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -226,7 +226,7 @@ async fn produce(client: Client, stream: String, lines: Vec<String>, rate: usize
 
 /// Reads outputs and dead letters until every source is covered or two
 /// minutes pass: (sources covered, outputs read).
-async fn drain(client: &Client, streams: &Streams, sources: &[Source]) -> Result<(usize, usize)> {
+pub(crate) async fn drain(client: &Client, streams: &Streams, sources: &[Source]) -> Result<(usize, usize)> {
     let wanted: HashSet<&Source> = sources.iter().collect();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {

@@ -93,7 +93,7 @@ pub fn run(options: &Options) -> Result<()> {
         let _ = std::fs::remove_file(&checkpoints);
         let admin_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
         let admin = ["--admin-addr", &admin_addr, "--admin-token-file", token_file.to_str().context("UTF-8 path")?];
-        let offerd = spawn_offerd(&root, &streams, &modules, &checkpoints, &metrics_addr, &aws_env, &admin)?;
+        let offerd = spawn_offerd(&root, &streams, &modules, Some(&checkpoints), &metrics_addr, &aws_env, &admin)?;
         println!("admin API on http://{admin_addr} (bearer token in {})", token_file.display());
         let publish = Publish { root: &root, module: &v2, admin: &admin_addr, token_file: &token_file };
         let result = drive(&client, &streams, &root, options, &metrics_addr, &publish).await;
@@ -141,7 +141,7 @@ pub(crate) fn spawn_offerd(
     root: &Path,
     streams: &Streams,
     modules: &Path,
-    checkpoints: &Path,
+    checkpoints: Option<&Path>,
     metrics_addr: &str,
     aws_env: &[(&str, String)],
     extra: &[&str],
@@ -155,10 +155,11 @@ pub(crate) fn spawn_offerd(
         .arg(modules)
         .arg("--catalogs")
         .arg(root.join("catalogs"))
-        .arg("--checkpoints")
-        .arg(checkpoints)
         .args(extra)
         .env("OFFERD_LOG", std::env::var("OFFERD_LOG").unwrap_or_else(|_| "warn".into()));
+    if let Some(checkpoints) = checkpoints {
+        command.arg("--checkpoints").arg(checkpoints);
+    }
     for (key, value) in aws_env {
         command.env(key, value);
     }

@@ -4,6 +4,7 @@ mod bench_stream;
 mod catalogs;
 mod chaos;
 mod demo;
+mod demo_workers;
 
 use std::path::PathBuf;
 
@@ -37,6 +38,11 @@ enum Chore {
         /// Sign-ups written per second.
         #[arg(long, default_value_t = 300)]
         rate: usize,
+        /// Run this many workers sharing the stream through a lease table
+        /// (dynalite): one is stopped with SIGTERM half-way, one killed with
+        /// -9 later, and every sign-up is checked to come out.
+        #[arg(long)]
+        workers: Option<usize>,
     },
     /// `offerd run` end to end against kinesis-local: put → output latency
     /// under steady load, backlog records/s, offerd CPU time per record.
@@ -83,7 +89,10 @@ fn main() -> Result<()> {
             Ok(())
         }
         Chore::Catalogs => catalogs::generate(&xtask::workspace_root().join("catalogs")),
-        Chore::Demo { signups, rate } => demo::run(&demo::Options { signups, rate }),
+        Chore::Demo { signups, rate, workers: None } => demo::run(&demo::Options { signups, rate }),
+        Chore::Demo { signups, rate, workers: Some(workers) } => {
+            demo_workers::run(&demo_workers::Options { workers, signups, rate })
+        }
         Chore::BenchStream { rate, seconds, burst, batch_window_ms } => {
             bench_stream::run(&bench_stream::Options { rate, seconds, burst, batch_window_ms })
         }
