@@ -268,7 +268,15 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let checkpoints = match settings.leases {
             None => service::Checkpoints::File(settings.checkpoints),
             Some(leases) => {
-                service::Checkpoints::Leases { settings: leases, client: aws_sdk_dynamodb::Client::new(&sdk) }
+                // Every lease write answers within half a lease, retries
+                // included, or fails: a renewal stuck in the SDK must not
+                // outlive the lease it renews.
+                let timeouts = aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
+                    .operation_timeout(leases.duration / 2)
+                    .operation_attempt_timeout(leases.renew_every)
+                    .build();
+                let config = aws_sdk_dynamodb::config::Builder::from(&sdk).timeout_config(timeouts).build();
+                service::Checkpoints::Leases { settings: leases, client: aws_sdk_dynamodb::Client::from_conf(config) }
             }
         };
         let service_settings = service::Settings {

@@ -42,9 +42,11 @@ pub trait CheckpointStore: Send + Sync {
     /// The last checkpoint of a shard.
     fn get(&self, shard_id: &str) -> Option<Checkpoint>;
 
-    /// Where a shard without a checkpoint starts, when the store decides it
-    /// (a lease records it for every worker); `None` leaves it to `run`.
-    fn initial_position(&self, _shard_id: &str) -> Option<super::StartAt> {
+    /// Where a shard that [`Self::get`] has no checkpoint for starts, when
+    /// the store says: a lease records the start position for every worker,
+    /// and a KCL checkpoint inside a KPL aggregate resumes at that record.
+    /// `None` leaves it to `run`'s `start_at`.
+    fn resume_at(&self, _shard_id: &str) -> Option<super::feed::Position> {
         None
     }
 

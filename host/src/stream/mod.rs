@@ -90,6 +90,8 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 struct Running {
     since: Instant,
     stop: watch::Sender<bool>,
+    /// The lease acquisition it reads under (with leases).
+    epoch: Option<u64>,
 }
 
 /// A shard that failed: when it may start again, and how long the pause
@@ -153,7 +155,7 @@ pub async fn run(
     let fresh: HashSet<String> = initial.iter().filter(|id| store.get(id).is_none()).cloned().collect();
     let (end_leases, lease_end) = watch::channel(false);
     let mut lease_changes = None;
-    let maintainer = match &leases {
+    let mut maintainer = match &leases {
         Some(leases) => {
             leases.sync_shards(&shards, config.start_at).await?;
             lease_changes = Some(leases.subscribe());
@@ -181,7 +183,7 @@ pub async fn run(
                 drained.insert(id.to_owned());
                 continue;
             }
-            if leases.as_ref().is_some_and(|l| !l.holds(id) || l.handing_off(id)) {
+            if leases.as_ref().is_some_and(|l| l.epoch(id).is_none() || l.handing_off(id)) {
                 continue;
             }
             let parents: Vec<&str> =
@@ -191,16 +193,15 @@ pub async fn run(
                 tracing::debug!(shard_id = id, parent, "waiting for the parent shard to drain");
                 continue;
             }
-            let start_at = store.initial_position(id).unwrap_or_else(|| {
-                if fresh.contains(id) && parents.iter().all(|p| fresh.contains(*p) || !initial.contains(*p)) {
-                    match config.start_at {
-                        StartAt::Latest => StartAt::Timestamp(started_at),
-                        other => other,
-                    }
-                } else {
-                    StartAt::TrimHorizon
+            let start_at = if fresh.contains(id) && parents.iter().all(|p| fresh.contains(*p) || !initial.contains(*p))
+            {
+                match config.start_at {
+                    StartAt::Latest => StartAt::Timestamp(started_at),
+                    other => other,
                 }
-            });
+            } else {
+                StartAt::TrimHorizon
+            };
             tracing::info!(shard_id = id, ?start_at, "consuming shard");
             let start = ShardStart { store: store.clone(), shard_id: id.to_owned(), start_at };
             let (stop, stopped) = watch::channel(false);
@@ -241,15 +242,16 @@ pub async fn run(
                 };
                 (shard_id, reader.run(feed).await)
             });
-            running.insert(id.to_owned(), Running { since: Instant::now(), stop });
+            let epoch = leases.as_ref().and_then(|l| l.epoch(id));
+            running.insert(id.to_owned(), Running { since: Instant::now(), stop, epoch });
         }
         if let Some(leases) = &leases {
             for (id, shard) in &running {
                 if *shard.stop.borrow() {
                     continue;
                 }
-                if !leases.holds(id) {
-                    tracing::info!(shard_id = id, "lease lost: stopping the shard");
+                if leases.epoch(id) != shard.epoch {
+                    tracing::info!(shard_id = id, "lease lost (or taken again since): stopping the shard");
                     shard.stop.send_replace(true);
                 } else if leases.handing_off(id) {
                     tracing::info!(shard_id = id, "handing the lease over: stopping after the batch in flight");
@@ -270,9 +272,23 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
+        let maintainer_ended = async {
+            match &mut maintainer {
+                Some(task) => task.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::time::sleep_until(next_list.into()) => {}
             Ok(()) = lease_changed => continue,
+            ended = maintainer_ended => {
+                // Unrenewed leases would be taken by others while the shards
+                // here go on: stop everything.
+                for shard in running.values() {
+                    shard.stop.send_replace(true);
+                }
+                anyhow::bail!("the lease maintenance task ended ({ended:?}); stopping");
+            }
             Some(joined) = tasks.join_next() => {
                 let (shard_id, result) = joined.context("a shard task panicked")?;
                 let ran = running.remove(&shard_id).map_or(Duration::ZERO, |r| r.since.elapsed());

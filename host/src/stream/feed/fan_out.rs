@@ -75,7 +75,7 @@ pub async fn consumer_arn(client: &Client, stream: &str, name: &str) -> anyhow::
 fn starting_position(position: &Position) -> StartingPosition {
     let builder = StartingPosition::builder().r#type(position.iterator_type());
     let builder = match position {
-        Position::After(seq) => builder.sequence_number(seq),
+        Position::After(seq) | Position::At(seq) => builder.sequence_number(seq),
         Position::Timestamp(t) => builder.timestamp((*t).into()),
         Position::TrimHorizon | Position::Latest => builder,
     };

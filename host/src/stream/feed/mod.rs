@@ -47,6 +47,9 @@ pub trait Feed: Send {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Position {
     After(String),
+    /// At this record: a checkpoint inside a KPL aggregate, whose user
+    /// records up to it come out again.
+    At(String),
     TrimHorizon,
     Latest,
     Timestamp(SystemTime),
@@ -57,6 +60,7 @@ impl Position {
     pub(crate) fn iterator_type(&self) -> ShardIteratorType {
         match self {
             Position::After(_) => ShardIteratorType::AfterSequenceNumber,
+            Position::At(_) => ShardIteratorType::AtSequenceNumber,
             Position::TrimHorizon => ShardIteratorType::TrimHorizon,
             Position::Latest => ShardIteratorType::Latest,
             Position::Timestamp(_) => ShardIteratorType::AtTimestamp,
@@ -81,11 +85,11 @@ impl ShardStart {
         Ok(match self.store.get(&self.shard_id) {
             Some(Checkpoint::ShardEnd) => anyhow::bail!("{} is already read to its end", self.shard_id),
             Some(Checkpoint::At(seq)) => Position::After(seq),
-            None => match self.start_at {
+            None => self.store.resume_at(&self.shard_id).unwrap_or(match self.start_at {
                 StartAt::TrimHorizon => Position::TrimHorizon,
                 StartAt::Latest => Position::Latest,
                 StartAt::Timestamp(t) => Position::Timestamp(t),
-            },
+            }),
         })
     }
 }

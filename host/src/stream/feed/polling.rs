@@ -48,7 +48,7 @@ async fn iterator(client: &Client, stream: &str, start: &ShardStart) -> anyhow::
         .shard_id(&start.shard_id)
         .shard_iterator_type(position.iterator_type());
     match position {
-        Position::After(seq) => request = request.starting_sequence_number(seq),
+        Position::After(seq) | Position::At(seq) => request = request.starting_sequence_number(seq),
         Position::Timestamp(t) => request = request.timestamp(t.into()),
         Position::TrimHorizon | Position::Latest => {}
     }

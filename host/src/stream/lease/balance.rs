@@ -14,7 +14,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use super::table::{Lease, SHARD_END};
 
 /// The leases `me` should take now, in the order to try them.
-pub fn to_take<'a>(me: &str, leases: &'a [Lease], expired: &HashSet<&str>) -> Vec<&'a Lease> {
+/// `stale_requests`: leases whose hand-off request was left by a worker that
+/// is gone; they count for their owner, and may be asked for again.
+pub fn to_take<'a>(
+    me: &str,
+    leases: &'a [Lease],
+    expired: &HashSet<&str>,
+    stale_requests: &HashSet<&str>,
+) -> Vec<&'a Lease> {
     let by_key: HashMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
     let finished = |l: &Lease| l.checkpoint == SHARD_END;
     // A parent that has no lease any more was finished and removed.
@@ -26,7 +33,7 @@ pub fn to_take<'a>(me: &str, leases: &'a [Lease], expired: &HashSet<&str>) -> Ve
     for lease in &active {
         // A lease being handed over to a worker is already its load.
         let holder = match (live_owner(lease), lease.handoff_to.as_deref()) {
-            (Some(_), Some(to)) => Some(to),
+            (Some(_), Some(to)) if !stale_requests.contains(lease.key.as_str()) => Some(to),
             (owner, _) => owner,
         };
         if let Some(holder) = holder {
@@ -104,7 +111,8 @@ mod tests {
         for _ in 0..100 {
             let mut changed = false;
             for me in workers {
-                let keys: Vec<String> = to_take(me, leases, &HashSet::new()).iter().map(|l| l.key.clone()).collect();
+                let keys: Vec<String> =
+                    to_take(me, leases, &HashSet::new(), &HashSet::new()).iter().map(|l| l.key.clone()).collect();
                 for key in keys {
                     let lease = leases.iter_mut().find(|l| l.key == key).unwrap();
                     moved += usize::from(lease.owner.is_some());
@@ -143,13 +151,13 @@ mod tests {
         leases.extend((6..12).map(|i| lease(&format!("s{i}"), Some("a"))));
         // b's leases expired: c takes those, not a's.
         let expired: HashSet<&str> = ["s3", "s4", "s5"].into();
-        let took: Vec<&str> = to_take("c", &leases, &expired).iter().map(|l| l.key.as_str()).collect();
+        let took: Vec<&str> = to_take("c", &leases, &expired, &HashSet::new()).iter().map(|l| l.key.as_str()).collect();
         let mut sorted = took.clone();
         sorted.sort_unstable();
         assert_eq!(sorted, ["s3", "s4", "s5"]);
         // None expired: a holds 9 of 12; the share is ⌈12/3⌉ = 4, so c steals
         // its whole share from a in one round, and nothing from b.
-        let stolen = to_take("c", &leases, &HashSet::new());
+        let stolen = to_take("c", &leases, &HashSet::new(), &HashSet::new());
         assert_eq!(stolen.len(), 4);
         assert!(stolen.iter().all(|l| l.owner.as_deref() == Some("a")));
     }
@@ -163,11 +171,12 @@ mod tests {
         child.parents = vec!["p-a".into(), "p-b".into()];
         let leases = vec![parent_a.clone(), parent_b.clone(), child.clone()];
         // p-b still open: the merged child waits.
-        assert!(to_take("a", &leases, &HashSet::new()).is_empty());
+        assert!(to_take("a", &leases, &HashSet::new(), &HashSet::new()).is_empty());
         let mut parent_b = parent_b;
         parent_b.checkpoint = SHARD_END.into();
         let leases = vec![parent_a, parent_b, child];
-        let took: Vec<&str> = to_take("a", &leases, &HashSet::new()).iter().map(|l| l.key.as_str()).collect();
+        let took: Vec<&str> =
+            to_take("a", &leases, &HashSet::new(), &HashSet::new()).iter().map(|l| l.key.as_str()).collect();
         assert_eq!(took, ["child"], "a holds only a finished parent: its load is 0");
     }
 
@@ -176,11 +185,12 @@ mod tests {
         let mut leases: Vec<Lease> = (0..4).map(|i| lease(&format!("s{i}"), Some("a"))).collect();
         // b asked for one: it is b's load now, and b asks for one more, not two.
         leases[0].handoff_to = Some("b".into());
-        let asked: Vec<String> = to_take("b", &leases, &HashSet::new()).iter().map(|l| l.key.clone()).collect();
+        let asked: Vec<String> =
+            to_take("b", &leases, &HashSet::new(), &HashSet::new()).iter().map(|l| l.key.clone()).collect();
         assert_eq!(asked.len(), 1, "{asked:?}");
         assert_ne!(asked[0], "s0");
         // With both asked for, b is at its share.
         leases.iter_mut().find(|l| l.key == asked[0]).unwrap().handoff_to = Some("b".into());
-        assert!(to_take("b", &leases, &HashSet::new()).is_empty());
+        assert!(to_take("b", &leases, &HashSet::new(), &HashSet::new()).is_empty());
     }
 }

@@ -26,12 +26,14 @@ use tokio::sync::watch;
 
 use super::StartAt;
 use super::checkpoint::{Checkpoint, CheckpointStore};
+use super::feed::Position;
 use crate::metrics::Metrics;
 pub use table::{Lease, LeaseError, LeaseTable, SHARD_END};
 
 /// Lease durations a worker waits for a requested hand-off before it takes
-/// the lease anyway.
-const HANDOFF_PATIENCE: u32 = 3;
+/// the lease anyway: well beyond an honest stop (a batch's writes, the
+/// checkpoint), so that a cooperating owner is never overrun.
+const HANDOFF_PATIENCE: u32 = 10;
 
 /// How a worker takes part.
 #[derive(Debug, Clone)]
@@ -47,17 +49,35 @@ pub struct LeaseSettings {
 
 /// A lease this worker holds.
 struct Held {
+    /// The counter when this worker took the lease: a shard reader started
+    /// under another acquisition is stale and stops.
+    epoch: u64,
     /// The counter as this worker last wrote it; every write is conditional on it.
     counter: u64,
-    /// Last successful write (renewal, take or checkpoint).
+    /// Last successful write (renewal, take or checkpoint), timed from its request.
     renewed: Instant,
     checkpoint: String,
+    /// The KCL's position inside a KPL aggregate at `checkpoint`; 0 once
+    /// this worker checkpointed.
+    sub_sequence: u64,
     /// Serialises this lease's writes (renewal and checkpoint), which are
     /// conditional on the counter the other one moves.
     writing: Arc<tokio::sync::Mutex<()>>,
     /// The worker that asked for this lease: the shard stops at its next
     /// batch boundary and the lease goes to it.
     handoff_to: Option<String>,
+}
+
+/// What the maintenance loop remembers between rounds, timed on this
+/// worker's clock.
+#[derive(Default)]
+struct Observed {
+    /// Per lease: the counter last seen and when it was first seen.
+    counters: HashMap<String, (u64, Instant)>,
+    /// Per lease: the hand-off request last seen and when it was first seen.
+    requests: HashMap<String, (String, Instant)>,
+    /// Hand-offs this worker asked for, and when.
+    asked: HashMap<String, Instant>,
 }
 
 /// This worker's leases, and the table as last scanned.
@@ -70,6 +90,9 @@ pub struct Leases {
     held: Mutex<HashMap<String, Held>>,
     /// Every lease as last scanned.
     seen: Mutex<HashMap<String, Lease>>,
+    /// The stream's shards as last listed: leases of other keys (aged-out
+    /// shards, foreign items) are neither taken nor counted.
+    listed: Mutex<HashSet<String>>,
     /// Bumped whenever the set of held leases changes.
     changed: watch::Sender<()>,
 }
@@ -85,6 +108,7 @@ impl Leases {
             metrics,
             held: Mutex::default(),
             seen: Mutex::default(),
+            listed: Mutex::default(),
             changed: watch::Sender::new(()),
         }
     }
@@ -101,8 +125,9 @@ impl Leases {
         &self.me
     }
 
-    pub fn holds(&self, shard_id: &str) -> bool {
-        self.held().contains_key(shard_id)
+    /// The acquisition this worker holds the lease under, if it does.
+    pub fn epoch(&self, shard_id: &str) -> Option<u64> {
+        self.held().get(shard_id).map(|h| h.epoch)
     }
 
     /// Whether another worker asked for this held lease.
@@ -113,6 +138,11 @@ impl Leases {
     /// Held leases another worker asked for.
     pub fn handoffs(&self) -> Vec<String> {
         self.held().iter().filter(|(_, h)| h.handoff_to.is_some()).map(|(k, _)| k.clone()).collect()
+    }
+
+    /// Wakes whenever a lease is taken, lost or asked for.
+    pub fn subscribe(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
     }
 
     /// Hands a lease over to the worker that asked for it; call once its
@@ -142,18 +172,10 @@ impl Leases {
         }
     }
 
-    /// Wakes whenever a lease is taken or lost.
-    pub fn subscribe(&self) -> watch::Receiver<()> {
-        self.changed.subscribe()
-    }
-
     /// Renews, scans and takes every `renew_every` until `end` turns true;
     /// takes nothing more once `stopping` is true.
     pub async fn maintain(self: Arc<Self>, stopping: watch::Receiver<bool>, mut end: watch::Receiver<bool>) {
-        // Per lease: the counter last seen and when it was first seen.
-        let mut observed: HashMap<String, (u64, Instant)> = HashMap::new();
-        // Hand-offs this worker asked for, and when.
-        let mut requested: HashMap<String, Instant> = HashMap::new();
+        let mut observed = Observed::default();
         let mut tick = tokio::time::interval(self.renew_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -171,29 +193,42 @@ impl Leases {
                     continue;
                 }
             };
+            *self.seen() = leases.iter().map(|l| (l.key.clone(), l.clone())).collect();
+            self.note_handoff_requests(&leases);
+            // Only the stream's listed shards take part (all of them until
+            // the first listing).
+            let leases: Vec<Lease> = {
+                let listed = self.listed.lock().expect("the shard list is never held across a panic");
+                leases.into_iter().filter(|l| listed.is_empty() || listed.contains(&l.key)).collect()
+            };
             let now = Instant::now();
-            observed.retain(|key, _| leases.iter().any(|l| l.key == *key));
+            let keys: HashSet<&str> = leases.iter().map(|l| l.key.as_str()).collect();
+            observed.counters.retain(|key, _| keys.contains(key.as_str()));
+            observed.requests.retain(|key, _| keys.contains(key.as_str()));
             for lease in &leases {
-                let entry = observed.entry(lease.key.clone()).or_insert((lease.counter, now));
+                let entry = observed.counters.entry(lease.key.clone()).or_insert((lease.counter, now));
                 if entry.0 != lease.counter {
                     *entry = (lease.counter, now);
                 }
+                match &lease.handoff_to {
+                    Some(to) => {
+                        let entry = observed.requests.entry(lease.key.clone()).or_insert((to.clone(), now));
+                        if entry.0 != *to {
+                            *entry = (to.clone(), now);
+                        }
+                    }
+                    None => {
+                        observed.requests.remove(&lease.key);
+                    }
+                }
             }
-            *self.seen() = leases.iter().map(|l| (l.key.clone(), l.clone())).collect();
-            self.note_handoff_requests(&leases);
-            requested
+            observed
+                .asked
                 .retain(|key, _| leases.iter().any(|l| l.key == *key && l.handoff_to.as_deref() == Some(&self.me)));
-            if !*stopping.borrow() {
-                let expired: HashSet<&str> = leases
-                    .iter()
-                    .filter(|l| {
-                        l.owner.as_deref().is_some_and(|o| o != self.me)
-                            && observed.get(&l.key).is_some_and(|(_, since)| since.elapsed() > self.duration)
-                    })
-                    .map(|l| l.key.as_str())
-                    .collect();
-                self.take_round(&leases, &expired, &mut requested).await;
+            if *stopping.borrow() {
+                continue;
             }
+            self.take_round(&leases, &mut observed).await;
         }
     }
 
@@ -201,30 +236,27 @@ impl Leases {
     async fn renew_all(&self) {
         let keys: Vec<String> = self.held().keys().cloned().collect();
         let renewals = keys.into_iter().map(|key| async move {
-            let Some((writing, counter, renewed)) =
-                self.held().get(&key).map(|h| (h.writing.clone(), h.counter, h.renewed))
-            else {
-                return;
-            };
+            let Some(writing) = self.held().get(&key).map(|h| h.writing.clone()) else { return };
             let _writing = writing.lock().await;
-            // A checkpoint may have moved the counter while this waited.
-            let counter = self.held().get(&key).map_or(counter, |h| h.counter);
-            if renewed.elapsed() > self.duration && self.held().get(&key).is_some_and(|h| h.renewed == renewed) {
+            // Read after the lock: a checkpoint may have moved the counter meanwhile.
+            let Some((counter, renewed)) = self.held().get(&key).map(|h| (h.counter, h.renewed)) else { return };
+            if renewed.elapsed() > self.duration {
                 // Not renewed for a whole lease duration: another worker
                 // may hold it already.
                 self.lose(&key, "not renewed for a lease duration");
                 return;
             }
+            let sent = Instant::now();
             match self.table.renew(&key, &self.me, counter).await {
                 Ok(next) => {
                     if let Some(h) = self.held().get_mut(&key) {
                         h.counter = next;
-                        h.renewed = Instant::now();
+                        h.renewed = sent;
                     }
                 }
                 Err(LeaseError::Lost(_)) => self.lose(&key, "taken by another worker"),
                 Err(LeaseError::Other(e)) => {
-                    tracing::warn!(shard_id = key, error = %format!("{e:#}"), "renewing a lease failed; retrying")
+                    tracing::warn!(shard_id = key, error = %format!("{e:#}"), "renewing a lease failed; retrying");
                 }
             }
         });
@@ -259,30 +291,53 @@ impl Leases {
         }
     }
 
-    /// Takes leases handed over or left behind under this worker's id (a
-    /// restart), then its share by [`balance::to_take`]: available leases
-    /// at once, a live worker's by asking it for a hand-off, or by taking
-    /// it when the owner ignored the request.
-    async fn take_round(&self, leases: &[Lease], expired: &HashSet<&str>, requested: &mut HashMap<String, Instant>) {
+    /// One round of taking:
+    /// - leases handed over to this worker, and leases under its id that
+    ///   nobody renews (left by an earlier run of it);
+    /// - its share by [`balance::to_take`]: available leases at once, a live
+    ///   worker's by asking it for a hand-off;
+    /// - a lease whose owner ignored the request for [`HANDOFF_PATIENCE`]
+    ///   lease durations, by taking it.
+    async fn take_round(&self, leases: &[Lease], observed: &mut Observed) {
+        let expired_for =
+            |l: &Lease| observed.counters.get(&l.key).is_some_and(|(_, since)| since.elapsed() > self.duration);
+        let patience = self.duration * HANDOFF_PATIENCE;
+        let expired: HashSet<&str> = leases
+            .iter()
+            .filter(|l| l.owner.as_deref().is_some_and(|o| o != self.me) && expired_for(l))
+            .map(|l| l.key.as_str())
+            .collect();
+        // A request left by a worker that is gone: nobody counts it, anyone may replace it.
+        let stale_requests: HashSet<&str> = leases
+            .iter()
+            .filter(|l| observed.requests.get(&l.key).is_some_and(|(_, since)| since.elapsed() > patience * 2))
+            .map(|l| l.key.as_str())
+            .collect();
         let mine_unheld: Vec<&Lease> = leases
             .iter()
-            .filter(|l| l.owner.as_deref() == Some(&self.me) && l.checkpoint != SHARD_END && !self.holds(&l.key))
+            .filter(|l| {
+                l.owner.as_deref() == Some(&self.me) && l.checkpoint != SHARD_END && self.epoch(&l.key).is_none()
+            })
+            .filter(|l| l.handoff_to.as_deref() == Some(&self.me) || expired_for(l))
             .collect();
-        let patience = self.duration * HANDOFF_PATIENCE;
         let ignored: Vec<&Lease> =
-            leases.iter().filter(|l| requested.get(&l.key).is_some_and(|at| at.elapsed() > patience)).collect();
+            leases.iter().filter(|l| observed.asked.get(&l.key).is_some_and(|at| at.elapsed() > patience)).collect();
         let mut took = false;
-        for lease in balance::to_take(&self.me, leases, expired) {
+        for lease in mine_unheld {
+            took |= self.take(lease, "taken").await;
+        }
+        for lease in balance::to_take(&self.me, leases, &expired, &stale_requests) {
             let live = lease.owner.as_deref().is_some_and(|o| o != self.me) && !expired.contains(lease.key.as_str());
             if !live {
                 took |= self.take(lease, "taken").await;
                 continue;
             }
-            match self.table.request_handoff(lease, &self.me).await {
+            let stale = lease.handoff_to.as_deref().filter(|_| stale_requests.contains(lease.key.as_str()));
+            match self.table.request_handoff(lease, &self.me, stale).await {
                 Ok(()) => {
                     tracing::info!(shard_id = lease.key, from = lease.owner.as_deref(), "hand-off asked for");
                     self.metrics.lease_event("handoff_asked");
-                    requested.insert(lease.key.clone(), Instant::now());
+                    observed.asked.insert(lease.key.clone(), Instant::now());
                 }
                 Err(LeaseError::Lost(_)) => {
                     tracing::debug!(shard_id = lease.key, "lease moved before a hand-off was asked")
@@ -292,13 +347,12 @@ impl Leases {
                 }
             }
         }
-        for lease in mine_unheld {
-            took |= self.take(lease, "taken").await;
-        }
         for lease in ignored {
             tracing::warn!(shard_id = lease.key, owner = lease.owner.as_deref(), "hand-off ignored: taking the lease");
-            requested.remove(&lease.key);
-            took |= self.take(lease, "stolen").await;
+            if self.take(lease, "stolen").await {
+                observed.asked.remove(&lease.key);
+                took = true;
+            }
         }
         if took {
             self.metrics.leases_held(self.held().len());
@@ -308,15 +362,18 @@ impl Leases {
 
     /// Takes one lease as seen; whether it did.
     async fn take(&self, lease: &Lease, event: &'static str) -> bool {
+        let sent = Instant::now();
         match self.table.take(lease, &self.me).await {
             Ok(counter) => {
                 tracing::info!(shard_id = lease.key, from = lease.owner.as_deref(), event, "lease taken");
                 self.held().insert(
                     lease.key.clone(),
                     Held {
+                        epoch: counter,
                         counter,
-                        renewed: Instant::now(),
+                        renewed: sent,
                         checkpoint: lease.checkpoint.clone(),
+                        sub_sequence: lease.sub_sequence,
                         writing: Arc::default(),
                         handoff_to: None,
                     },
@@ -339,14 +396,22 @@ impl Leases {
     /// children on their parents' leases. A shard whose parents have no
     /// lease (the stream's first shards) starts at `start_at`; a child of a
     /// leased parent at its trim horizon, so a split or merge skips nothing.
+    /// A closed shard whose children have leases already (its own lease was
+    /// removed once it was finished) gets none.
     ///
     /// # Errors
     /// The table cannot be scanned or written.
     pub async fn sync_shards(&self, shards: &[Shard], start_at: StartAt) -> anyhow::Result<()> {
+        *self.listed.lock().expect("the shard list is never held across a panic") =
+            shards.iter().map(|s| s.shard_id().to_owned()).collect();
         let leases = self.table.scan().await?;
         let existing: HashMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
+        let has_leased_child: HashSet<&str> =
+            leases.iter().flat_map(|l| l.parents.iter().map(String::as_str)).collect();
         let mut new_children: HashMap<&str, Vec<String>> = HashMap::new();
-        for shard in shards.iter().filter(|s| !existing.contains_key(s.shard_id())) {
+        for shard in
+            shards.iter().filter(|s| !existing.contains_key(s.shard_id()) && !has_leased_child.contains(s.shard_id()))
+        {
             let parents: Vec<String> = [shard.parent_shard_id(), shard.adjacent_parent_shard_id()]
                 .into_iter()
                 .flatten()
@@ -383,14 +448,17 @@ impl Leases {
                 new_children.entry(&parent.key).or_insert_with(|| parent.children.clone()).push(lease.key.clone());
             }
         }
-        for (parent, children) in new_children {
+        for (parent, mut children) in new_children {
+            children.sort_unstable();
+            children.dedup();
             self.table.set_children(parent, &children).await?;
         }
         Ok(())
     }
 
     /// Gives up every held lease (after the shards stopped and checkpointed),
-    /// so other workers take them at once.
+    /// so other workers take them at once, and withdraws this worker's
+    /// hand-off requests and hand-overs it did not take yet.
     pub async fn release_all(&self) {
         let held: Vec<(String, u64)> = self.held().drain().map(|(k, h)| (k, h.counter)).collect();
         for (key, counter) in held {
@@ -402,16 +470,23 @@ impl Leases {
                 Err(e) => tracing::warn!(shard_id = key, error = %format!("{e:#}"), "releasing a lease failed"),
             }
         }
+        let pending: Vec<Lease> =
+            self.seen().values().filter(|l| l.handoff_to.as_deref() == Some(&self.me)).cloned().collect();
+        for lease in pending {
+            if let Err(e) = self.table.withdraw_handoff(&lease, &self.me).await {
+                tracing::debug!(shard_id = lease.key, error = %e, "withdrawing a hand-off request failed");
+            }
+        }
         self.metrics.leases_held(0);
     }
 
-    /// The checkpoint of a shard: this worker's own if it holds the lease,
-    /// else the last scan's.
-    fn stored_checkpoint(&self, shard_id: &str) -> Option<(String, Option<i64>)> {
-        let start = self.seen().get(shard_id).map(|l| (l.checkpoint.clone(), l.start_timestamp_ms));
+    /// The checkpoint of a shard, its sub-sequence and start time: this
+    /// worker's own if it holds the lease, else the last scan's.
+    fn stored_checkpoint(&self, shard_id: &str) -> Option<(String, u64, Option<i64>)> {
+        let seen = self.seen().get(shard_id).map(|l| (l.checkpoint.clone(), l.sub_sequence, l.start_timestamp_ms));
         match self.held().get(shard_id) {
-            Some(held) => Some((held.checkpoint.clone(), start.and_then(|(_, ts)| ts))),
-            None => start,
+            Some(held) => Some((held.checkpoint.clone(), held.sub_sequence, seen.and_then(|(.., ts)| ts))),
+            None => seen,
         }
     }
 
@@ -423,12 +498,27 @@ impl Leases {
         let _writing = writing.lock().await;
         let counter =
             self.held().get(shard_id).map(|h| h.counter).ok_or_else(|| LeaseError::Lost(shard_id.to_owned()))?;
+        let sent = Instant::now();
         match self.table.checkpoint(shard_id, &self.me, counter, value).await {
             Ok(next) => {
                 if let Some(h) = self.held().get_mut(shard_id) {
                     h.counter = next;
-                    h.renewed = Instant::now();
+                    h.renewed = sent;
                     value.clone_into(&mut h.checkpoint);
+                    h.sub_sequence = 0;
+                }
+                if let Some(l) = self.seen().get_mut(shard_id) {
+                    value.clone_into(&mut l.checkpoint);
+                    l.sub_sequence = 0;
+                }
+                if value == SHARD_END {
+                    // Read to its end: nothing to renew any more. Its children
+                    // see the SHARD_END; nobody takes a finished lease.
+                    if self.table.release(shard_id, &self.me, next).await.is_ok() {
+                        tracing::info!(shard_id, "finished shard's lease released");
+                    }
+                    self.held().remove(shard_id);
+                    self.metrics.leases_held(self.held().len());
                 }
                 Ok(())
             }
@@ -446,23 +536,34 @@ fn unix_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// The KCL's sentinels of a lease never checkpointed.
+fn is_start_sentinel(checkpoint: &str) -> bool {
+    matches!(checkpoint, "TRIM_HORIZON" | "LATEST" | "AT_TIMESTAMP")
+}
+
 impl CheckpointStore for Leases {
     fn get(&self, shard_id: &str) -> Option<Checkpoint> {
-        match self.stored_checkpoint(shard_id)?.0.as_str() {
+        let (checkpoint, sub_sequence, _) = self.stored_checkpoint(shard_id)?;
+        match checkpoint.as_str() {
             SHARD_END => Some(Checkpoint::ShardEnd),
-            "TRIM_HORIZON" | "LATEST" | "AT_TIMESTAMP" => None,
+            // Inside an aggregate: see `resume_at`.
+            seq if is_start_sentinel(seq) || sub_sequence > 0 => None,
             seq => Some(Checkpoint::At(seq.to_owned())),
         }
     }
 
-    fn initial_position(&self, shard_id: &str) -> Option<StartAt> {
-        let (checkpoint, timestamp) = self.stored_checkpoint(shard_id)?;
+    fn resume_at(&self, shard_id: &str) -> Option<Position> {
+        let (checkpoint, sub_sequence, timestamp) = self.stored_checkpoint(shard_id)?;
         let at = timestamp.map(|ms| UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
         match checkpoint.as_str() {
-            "TRIM_HORIZON" => Some(StartAt::TrimHorizon),
-            "LATEST" => Some(at.map_or(StartAt::Latest, StartAt::Timestamp)),
+            "TRIM_HORIZON" => Some(Position::TrimHorizon),
+            "LATEST" => Some(at.map_or(Position::Latest, Position::Timestamp)),
             // A KCL application keeps the time in its configuration: ours applies.
-            "AT_TIMESTAMP" => at.map(StartAt::Timestamp),
+            "AT_TIMESTAMP" => at.map(Position::Timestamp),
+            SHARD_END => None,
+            // A KCL checkpoint part-way through a KPL aggregate: the aggregate
+            // again, its first user records twice rather than its last never.
+            seq if sub_sequence > 0 => Some(Position::At(seq.to_owned())),
             _ => None,
         }
     }

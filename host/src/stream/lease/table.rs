@@ -313,8 +313,10 @@ impl LeaseTable {
             key,
             owner,
             counter,
-            "SET #counter = :next, #owner = :to ADD #switches :one REMOVE #handoff",
-            &[("#handoff", attr::HANDOFF_TO), ("#switches", attr::OWNER_SWITCHES)],
+            // The request stays, so the new owner knows the lease was handed
+            // to it (its take removes it).
+            "SET #counter = :next, #owner = :to ADD #switches :one",
+            &[("#switches", attr::OWNER_SWITCHES)],
             vec![(":to", s(to)), (":one", n(1))],
             "handing over",
         )
@@ -324,25 +326,57 @@ impl LeaseTable {
     /// Asks `lease`'s owner to hand it over to `to` at its next batch
     /// boundary. Changes neither owner nor counter, so the owner's
     /// conditional writes go on; refused when the owner changed or another
-    /// worker asked first.
+    /// worker asked first, unless that request is `stale` (its worker gone).
     ///
     /// # Errors
     /// [`LeaseError::Lost`] when the owner changed or a hand-off is already asked for.
-    pub async fn request_handoff(&self, lease: &Lease, to: &str) -> Result<(), LeaseError> {
+    pub async fn request_handoff(&self, lease: &Lease, to: &str, stale: Option<&str>) -> Result<(), LeaseError> {
         let owner = lease.owner.as_deref().unwrap_or_default();
-        self.client
+        let mut request = self
+            .client
             .update_item()
             .table_name(&self.name)
             .key(attr::KEY, s(&lease.key))
             .update_expression("SET #handoff = :to")
-            .condition_expression("#owner = :owner AND attribute_not_exists(#handoff)")
             .expression_attribute_names("#owner", attr::OWNER)
             .expression_attribute_names("#handoff", attr::HANDOFF_TO)
             .expression_attribute_values(":owner", s(owner))
-            .expression_attribute_values(":to", s(to))
-            .send()
-            .await
-            .map_err(|e| classify(e, &lease.key, "asking for"))?;
+            .expression_attribute_values(":to", s(to));
+        request = match stale {
+            None => request.condition_expression("#owner = :owner AND attribute_not_exists(#handoff)"),
+            Some(stale) => request
+                .condition_expression("#owner = :owner AND #handoff = :stale")
+                .expression_attribute_values(":stale", s(stale)),
+        };
+        request.send().await.map_err(|e| classify(e, &lease.key, "asking for"))?;
+        Ok(())
+    }
+
+    /// Withdraws what `me` asked for and did not take: a hand-off request
+    /// still pending, or a lease handed over to it (released, so that any
+    /// worker may take it).
+    ///
+    /// # Errors
+    /// The lease moved meanwhile, or the write fails.
+    pub async fn withdraw_handoff(&self, lease: &Lease, me: &str) -> Result<(), LeaseError> {
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .key(attr::KEY, s(&lease.key))
+            .expression_attribute_names("#handoff", attr::HANDOFF_TO)
+            .expression_attribute_values(":me", s(me));
+        let request = if lease.owner.as_deref() == Some(me) {
+            request
+                .update_expression("SET #counter = :next REMOVE #owner, #handoff")
+                .condition_expression("#handoff = :me AND #counter = :counter")
+                .expression_attribute_names("#counter", attr::COUNTER)
+                .expression_attribute_values(":counter", n(lease.counter))
+                .expression_attribute_values(":next", n(next_counter(&lease.key, lease.counter)?))
+        } else {
+            request.update_expression("REMOVE #handoff").condition_expression("#handoff = :me")
+        };
+        request.send().await.map_err(|e| classify(e, &lease.key, "withdrawing"))?;
         Ok(())
     }
 
@@ -359,7 +393,7 @@ impl LeaseTable {
         values: Vec<(&str, AttributeValue)>,
         what: &str,
     ) -> Result<u64, LeaseError> {
-        let next = counter + 1;
+        let next = next_counter(key, counter)?;
         let mut request = self
             .client
             .update_item()
@@ -378,8 +412,23 @@ impl LeaseTable {
         for (placeholder, value) in values {
             request = request.expression_attribute_values(placeholder, value);
         }
-        request.send().await.map_err(|e| classify(e, key, what))?;
-        Ok(next)
+        match request.send().await.map_err(|e| classify(e, key, what)) {
+            Ok(_) => Ok(next),
+            // The write may have succeeded and only its answer been lost (the
+            // SDK then retries, and the retry fails its condition): read back.
+            Err(LeaseError::Lost(_)) if self.holds_at(key, owner, next).await => Ok(next),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the lease is `owner`'s at `counter`, read consistently.
+    async fn holds_at(&self, key: &str, owner: &str, counter: u64) -> bool {
+        let item =
+            self.client.get_item().table_name(&self.name).key(attr::KEY, s(key)).consistent_read(true).send().await;
+        item.ok()
+            .and_then(|out| out.item)
+            .and_then(|item| parse(&item).ok())
+            .is_some_and(|lease| lease.owner.as_deref() == Some(owner) && lease.counter == counter)
     }
 
     /// Takes a lease seen at `counter` (expired, unowned, or stolen from an
@@ -389,12 +438,22 @@ impl LeaseTable {
     /// # Errors
     /// [`LeaseError::Lost`] when the lease moved since it was seen.
     pub async fn take(&self, lease: &Lease, owner: &str) -> Result<u64, LeaseError> {
-        let next = lease.counter + 1;
+        let next = next_counter(&lease.key, lease.counter)?;
         let switched = lease.owner.as_deref().is_some_and(|o| o != owner);
-        let update = if switched {
-            "SET #owner = :owner, #counter = :next ADD #switches :one REMOVE #handoff"
-        } else {
-            "SET #owner = :owner, #counter = :next REMOVE #handoff"
+        // A LATEST lease from elsewhere (the KCL, or written by hand) gets the
+        // time it was first taken, so a later taker does not skip what came in
+        // between.
+        let pin_start = lease.checkpoint == "LATEST" && lease.start_timestamp_ms.is_none();
+        let update = match (switched, pin_start) {
+            (true, false) => "SET #owner = :owner, #counter = :next ADD #switches :one REMOVE #handoff",
+            (false, false) => "SET #owner = :owner, #counter = :next REMOVE #handoff",
+            (true, true) => {
+                "SET #owner = :owner, #counter = :next, #start = if_not_exists(#start, :now) ADD #switches :one \
+                 REMOVE #handoff"
+            }
+            (false, true) => {
+                "SET #owner = :owner, #counter = :next, #start = if_not_exists(#start, :now) REMOVE #handoff"
+            }
         };
         let mut request = self
             .client
@@ -413,6 +472,12 @@ impl LeaseTable {
             request = request
                 .expression_attribute_names("#switches", attr::OWNER_SWITCHES)
                 .expression_attribute_values(":one", n(1));
+        }
+        if pin_start {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            request = request
+                .expression_attribute_names("#start", attr::START_TIMESTAMP)
+                .expression_attribute_values(":now", AttributeValue::N(now.as_millis().to_string()));
         }
         request.send().await.map_err(|e| classify(e, &lease.key, "taking"))?;
         Ok(next)
@@ -438,6 +503,13 @@ impl LeaseTable {
             .map_err(|e| anyhow::anyhow!("recording the children of {key}: {}", explain(&e)))?;
         Ok(())
     }
+}
+
+/// `counter + 1`; a counter at its maximum (a hostile or broken item) is an error.
+fn next_counter(key: &str, counter: u64) -> Result<u64, LeaseError> {
+    counter
+        .checked_add(1)
+        .ok_or_else(|| LeaseError::Other(anyhow::anyhow!("the lease counter of {key} is at its maximum")))
 }
 
 /// An item read back; unknown attributes are ignored (the KCL's newer ones).
