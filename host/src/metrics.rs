@@ -58,6 +58,11 @@ struct LeaseEventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LeaseRequestLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeadLetterLabels {
     reason: &'static str,
 }
@@ -83,6 +88,7 @@ pub struct Metrics {
     leases_held: Gauge,
     lease_events: Family<LeaseEventLabels, Counter>,
     lease_renewal_seconds: Histogram,
+    lease_requests: Family<LeaseRequestLabels, Counter>,
     /// Offers and module failures per region, for the admin API.
     region_totals: Mutex<HashMap<String, (u64, u64)>>,
     /// Set once every shard reader has started; cleared on shutdown.
@@ -143,6 +149,12 @@ impl Metrics {
             "Shard leases taken (unowned or expired), stolen (from a more loaded worker), lost (to another worker) \
              and released (at shutdown)",
             lease_events.clone(),
+        );
+        let lease_requests = Family::<LeaseRequestLabels, Counter>::default();
+        registry.register(
+            "lease_table_requests",
+            "Requests to the lease table: writes (renewals, checkpoints, takes, hand-offs) and scans",
+            lease_requests.clone(),
         );
         registry.register(
             "lease_renewal_seconds",
@@ -228,6 +240,7 @@ impl Metrics {
             leases_held,
             lease_events,
             lease_renewal_seconds,
+            lease_requests,
             region_totals: Mutex::default(),
             ready: AtomicBool::new(false),
             shards: Mutex::default(),
@@ -386,6 +399,11 @@ impl Metrics {
     /// `event`: `taken`, `stolen`, `lost` or `released`.
     pub fn lease_event(&self, event: &'static str) {
         self.lease_events.get_or_create(&LeaseEventLabels { event }).inc();
+    }
+
+    /// `kind`: `write` or `scan`.
+    pub fn lease_request(&self, kind: &'static str) {
+        self.lease_requests.get_or_create(&LeaseRequestLabels { kind }).inc();
     }
 
     pub fn lease_renewal_seconds(&self, seconds: f64) {

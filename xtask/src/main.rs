@@ -1,5 +1,6 @@
 //! `cargo xtask <chore>`: see `--help`.
 
+mod bench_leases;
 mod bench_stream;
 mod catalogs;
 mod chaos;
@@ -60,6 +61,14 @@ enum Chore {
         #[arg(long, default_value_t = 0)]
         batch_window_ms: u64,
     },
+    /// Several workers through leases (kinesis-local, dynalite): failover
+    /// time after kill -9 (p50, p99) and lease-table requests per worker per
+    /// second at 8 and 64 shards.
+    BenchLeases {
+        /// Failover trials.
+        #[arg(long, default_value_t = 20)]
+        trials: usize,
+    },
     /// Crash trials: SIGKILL `offerd run` at random moments under load (some
     /// during a module publication), restart it each time, drain, and count
     /// records lost and duplicated.
@@ -96,6 +105,7 @@ fn main() -> Result<()> {
         Chore::BenchStream { rate, seconds, burst, batch_window_ms } => {
             bench_stream::run(&bench_stream::Options { rate, seconds, burst, batch_window_ms })
         }
+        Chore::BenchLeases { trials } => bench_leases::run(&bench_leases::Options { trials }),
         Chore::Chaos { kills, signups, rate } => chaos::run(&chaos::Options { kills, signups, rate }),
         Chore::Test => test(),
     }

@@ -157,6 +157,7 @@ impl Leases {
         let Some(counter) = self.held().get(shard_id).map(|h| h.counter) else {
             return;
         };
+        self.metrics.lease_request("write");
         match self.table.hand_over(shard_id, &self.me, counter, &to).await {
             Ok(_) => {
                 self.held().remove(shard_id);
@@ -172,11 +173,12 @@ impl Leases {
         }
     }
 
-    /// Renews, scans and takes every `renew_every` until `end` turns true;
+    /// Renews every `renew_every`, and scans and takes twice as often (an
+    /// expired lease is seen and taken sooner), until `end` turns true;
     /// takes nothing more once `stopping` is true.
     pub async fn maintain(self: Arc<Self>, stopping: watch::Receiver<bool>, mut end: watch::Receiver<bool>) {
         let mut observed = Observed::default();
-        let mut tick = tokio::time::interval(self.renew_every);
+        let mut tick = tokio::time::interval(self.renew_every / 2);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -186,6 +188,7 @@ impl Leases {
             let started = Instant::now();
             self.renew_all().await;
             self.metrics.lease_renewal_seconds(started.elapsed().as_secs_f64());
+            self.metrics.lease_request("scan");
             let leases = match self.table.scan().await {
                 Ok(leases) => leases,
                 Err(e) => {
@@ -246,7 +249,12 @@ impl Leases {
                 self.lose(&key, "not renewed for a lease duration");
                 return;
             }
+            if renewed.elapsed() < self.renew_every * 3 / 4 {
+                // Renewed (or checkpointed) within this period already.
+                return;
+            }
             let sent = Instant::now();
+            self.metrics.lease_request("write");
             match self.table.renew(&key, &self.me, counter).await {
                 Ok(next) => {
                     if let Some(h) = self.held().get_mut(&key) {
@@ -333,6 +341,7 @@ impl Leases {
                 continue;
             }
             let stale = lease.handoff_to.as_deref().filter(|_| stale_requests.contains(lease.key.as_str()));
+            self.metrics.lease_request("write");
             match self.table.request_handoff(lease, &self.me, stale).await {
                 Ok(()) => {
                     tracing::info!(shard_id = lease.key, from = lease.owner.as_deref(), "hand-off asked for");
@@ -363,6 +372,7 @@ impl Leases {
     /// Takes one lease as seen; whether it did.
     async fn take(&self, lease: &Lease, event: &'static str) -> bool {
         let sent = Instant::now();
+        self.metrics.lease_request("write");
         match self.table.take(lease, &self.me).await {
             Ok(counter) => {
                 tracing::info!(shard_id = lease.key, from = lease.owner.as_deref(), event, "lease taken");
@@ -404,6 +414,7 @@ impl Leases {
     pub async fn sync_shards(&self, shards: &[Shard], start_at: StartAt) -> anyhow::Result<()> {
         *self.listed.lock().expect("the shard list is never held across a panic") =
             shards.iter().map(|s| s.shard_id().to_owned()).collect();
+        self.metrics.lease_request("scan");
         let leases = self.table.scan().await?;
         let existing: HashMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
         let has_leased_child: HashSet<&str> =
@@ -441,6 +452,7 @@ impl Leases {
                 start_timestamp_ms,
                 handoff_to: None,
             };
+            self.metrics.lease_request("write");
             if self.table.create(&lease).await? {
                 tracing::info!(shard_id = lease.key, checkpoint, ?parents, "lease created");
             }
@@ -451,6 +463,7 @@ impl Leases {
         for (parent, mut children) in new_children {
             children.sort_unstable();
             children.dedup();
+            self.metrics.lease_request("write");
             self.table.set_children(parent, &children).await?;
         }
         Ok(())
@@ -462,6 +475,7 @@ impl Leases {
     pub async fn release_all(&self) {
         let held: Vec<(String, u64)> = self.held().drain().map(|(k, h)| (k, h.counter)).collect();
         for (key, counter) in held {
+            self.metrics.lease_request("write");
             match self.table.release(&key, &self.me, counter).await {
                 Ok(_) => {
                     self.metrics.lease_event("released");
@@ -473,6 +487,7 @@ impl Leases {
         let pending: Vec<Lease> =
             self.seen().values().filter(|l| l.handoff_to.as_deref() == Some(&self.me)).cloned().collect();
         for lease in pending {
+            self.metrics.lease_request("write");
             if let Err(e) = self.table.withdraw_handoff(&lease, &self.me).await {
                 tracing::debug!(shard_id = lease.key, error = %e, "withdrawing a hand-off request failed");
             }
@@ -499,6 +514,7 @@ impl Leases {
         let counter =
             self.held().get(shard_id).map(|h| h.counter).ok_or_else(|| LeaseError::Lost(shard_id.to_owned()))?;
         let sent = Instant::now();
+        self.metrics.lease_request("write");
         match self.table.checkpoint(shard_id, &self.me, counter, value).await {
             Ok(next) => {
                 if let Some(h) = self.held().get_mut(shard_id) {
@@ -514,6 +530,7 @@ impl Leases {
                 if value == SHARD_END {
                     // Read to its end: nothing to renew any more. Its children
                     // see the SHARD_END; nobody takes a finished lease.
+                    self.metrics.lease_request("write");
                     if self.table.release(shard_id, &self.me, next).await.is_ok() {
                         tracing::info!(shard_id, "finished shard's lease released");
                     }

@@ -1,0 +1,286 @@
+//! `cargo xtask bench-leases`: several workers on one stream, measured
+//! against kinesis-local and dynalite (default lease settings: 3 s lease,
+//! renewal every second).
+//!
+//! 1. Failover: two workers share a 4-shard stream under a steady trickle of
+//!    sign-ups; one is killed with -9; the time until a record put after the
+//!    kill on each of its shards comes out of the other worker. p50 and p99
+//!    over the trials.
+//! 2. Lease-table requests per worker per second, idle and under load, with
+//!    8 and 64 shards (from each worker's `offerd_lease_table_requests_total`).
+
+use std::collections::{HashMap, HashSet};
+use std::process::Child;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
+use serde_json::Value;
+
+use crate::demo::{Streams, client, create_stream, spawn_offerd, stop};
+use xtask::dynalite::Dynalite;
+use xtask::kinesis_local::{KinesisLocal, npm_ci};
+
+pub struct Options {
+    pub trials: usize,
+}
+
+/// (length, digits): sequence numbers ordered as numbers.
+type Seq = (usize, String);
+
+fn seq(text: &str) -> Seq {
+    (text.len(), text.to_owned())
+}
+
+pub fn run(options: &Options) -> Result<()> {
+    let root = xtask::workspace_root();
+    let modules = root.join("target/bench-leases/modules");
+    std::fs::create_dir_all(&modules)?;
+    xtask::ensure_guest_target()?;
+    std::fs::write(modules.join("default.wasm"), xtask::build_component("offer-rules")?)?;
+    xtask::cargo(&["build", "--quiet", "--package", "offerd"])?;
+    if !root.join("node_modules/dynalite/cli.js").is_file() {
+        npm_ci(&root)?;
+    }
+    let kinesis = KinesisLocal::start(&root)?;
+    let dynamodb = Dynalite::start(&root)?;
+    let aws_env: Vec<(&str, String)> = vec![
+        ("AWS_ENDPOINT_URL", kinesis.endpoint.clone()),
+        ("AWS_ENDPOINT_URL_DYNAMODB", dynamodb.endpoint.clone()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "bench".into()),
+        ("AWS_SECRET_ACCESS_KEY", "bench".into()),
+    ];
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client = client(&aws_env).await;
+        let spawn = |streams: &Streams, table: &str, id: &str, metrics: &str| {
+            let extra = ["--lease-table", table, "--worker-id", id, "--start-at", "latest", "--batch-size", "100"];
+            spawn_offerd(&root, streams, &modules, None, metrics, &aws_env, &extra)
+        };
+
+        println!("failover after kill -9 ({} trials; 2 workers, 4 shards, lease 3 s, renewal 1 s):", options.trials);
+        let failover_streams = streams(&client, "failover", 4).await?;
+        let mut times = Vec::new();
+        for trial in 0..options.trials {
+            let table = format!("failover-leases-{trial}");
+            let (ma, mb) = (free_addr()?, free_addr()?);
+            let a = spawn(&failover_streams, &table, &format!("a{trial}"), &ma)?;
+            let b = spawn(&failover_streams, &table, &format!("b{trial}"), &mb)?;
+            let time = failover(&client, &failover_streams, a, &ma, &mb).await?;
+            stop(b)?;
+            println!("  trial {:>2}: {time:.2?}", trial + 1);
+            times.push(time);
+        }
+        times.sort();
+        let p = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+        println!("failover p50 {:.2?}, p99 {:.2?}, max {:.2?}", p(0.5), p(0.99), times[times.len() - 1]);
+
+        println!("\nlease-table requests per worker per second (10 s each):");
+        println!("{:>7} {:>8} {:>14} {:>14} {:>14}", "shards", "workers", "state", "writes/s", "scans/s");
+        for shards in [8, 64] {
+            let streams = streams(&client, &format!("requests-{shards}"), shards).await?;
+            for workers in [1, 4] {
+                let table = format!("requests-{shards}-{workers}");
+                let mut running: Vec<(Child, String)> = Vec::new();
+                for w in 0..workers {
+                    let metrics = free_addr()?;
+                    running.push((spawn(&streams, &table, &format!("w{w}"), &metrics)?, metrics));
+                }
+                // Settled: every shard held.
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while running.iter().map(|(_, m)| scrape(m, "offerd_leases_held").unwrap_or(0.0)).sum::<f64>()
+                    < f64::from(shards)
+                {
+                    if Instant::now() > deadline {
+                        bail!("{workers} workers never held all {shards} shards");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                for (state, load) in [("idle", false), ("100 rec/s", true)] {
+                    let feeding = load.then(|| tokio::spawn(trickle(client.clone(), streams.input.clone(), 10)));
+                    let before = requests(&running);
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    let after = requests(&running);
+                    if let Some(feeding) = feeding {
+                        feeding.abort();
+                    }
+                    let per = |i: usize| (after[i] - before[i]) / 10.0 / workers as f64;
+                    println!("{shards:>7} {workers:>8} {state:>14} {:>14.1} {:>14.1}", per(0), per(1));
+                }
+                for (child, _) in running {
+                    stop(child)?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+async fn streams(client: &Client, name: &str, shards: i32) -> Result<Streams> {
+    let streams = Streams {
+        input: format!("bench-{name}-signups"),
+        output: format!("bench-{name}-offers"),
+        dead_letters: format!("bench-{name}-dead"),
+    };
+    for (stream, n) in [(&streams.input, shards), (&streams.output, 1), (&streams.dead_letters, 1)] {
+        create_stream(client, stream, n).await?;
+    }
+    Ok(streams)
+}
+
+fn free_addr() -> Result<String> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string())
+}
+
+/// Kills `a` once both workers hold two leases each, and measures until a
+/// record put after the kill on each of `a`'s shards comes out.
+async fn failover(client: &Client, streams: &Streams, mut a: Child, ma: &str, mb: &str) -> Result<Duration> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while scrape(ma, "offerd_leases_held").unwrap_or(0.0) < 2.0 || scrape(mb, "offerd_leases_held").unwrap_or(0.0) < 2.0
+    {
+        if Instant::now() > deadline {
+            bail!("the two workers never held two leases each");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last_put: Arc<Mutex<HashMap<String, Seq>>> = Arc::default();
+    let feeding = tokio::spawn(feed_every_shard(client.clone(), streams.input.clone(), last_put.clone()));
+    // a's shards: the two it has read records from.
+    let orphaned = loop {
+        let read = shards_read(ma)?;
+        if read.len() == 2 {
+            break read;
+        }
+        if Instant::now() > deadline {
+            feeding.abort();
+            bail!("a never read from two shards: {read:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let tail = client
+        .get_shard_iterator()
+        .stream_name(&streams.output)
+        .shard_id("shardId-000000000000")
+        .shard_iterator_type(ShardIteratorType::Latest)
+        .send()
+        .await?;
+    a.kill()?;
+    let killed = Instant::now();
+    a.wait()?;
+    let before_kill = last_put.lock().expect("never poisoned").clone();
+    let mut iterator = tail.shard_iterator().map(str::to_owned);
+    let mut pending = orphaned.clone();
+    while !pending.is_empty() {
+        if killed.elapsed() > Duration::from_secs(60) {
+            feeding.abort();
+            bail!("no record of {pending:?} came out within 60 s of the kill");
+        }
+        let out =
+            client.get_records().shard_iterator(iterator.clone().context("the output shard closed")?).send().await?;
+        for record in out.records() {
+            let Ok(v) = serde_json::from_slice::<Value>(record.data().as_ref()) else { continue };
+            let shard = v["source"]["shard_id"].as_str().unwrap_or_default();
+            let at = seq(v["source"]["sequence_number"].as_str().unwrap_or_default());
+            if before_kill.get(shard).is_some_and(|last| at > *last) {
+                pending.remove(shard);
+            }
+        }
+        iterator = out.next_shard_iterator().map(str::to_owned);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    feeding.abort();
+    Ok(killed.elapsed())
+}
+
+/// One sign-up to every shard every 50 ms (explicit hash keys); the last
+/// sequence number put on each shard.
+async fn feed_every_shard(client: Client, stream: String, last: Arc<Mutex<HashMap<String, Seq>>>) -> Result<()> {
+    let shards = client.list_shards().stream_name(&stream).send().await?;
+    let starts: Vec<String> =
+        shards.shards().iter().filter_map(|s| s.hash_key_range().map(|r| r.starting_hash_key().to_owned())).collect();
+    let mut n = 0u64;
+    loop {
+        let entries: Vec<PutRecordsRequestEntry> = starts
+            .iter()
+            .map(|start| {
+                n += 1;
+                let line =
+                    format!(r#"{{"user_id": "f{n}", "location": {{"country": "DE", "lat": 52.5, "lon": 13.4}}}}"#);
+                PutRecordsRequestEntry::builder()
+                    .partition_key(format!("f{n}"))
+                    .explicit_hash_key(start)
+                    .data(Blob::new(line))
+                    .build()
+                    .expect("key and data are set")
+            })
+            .collect();
+        let out = client.put_records().stream_name(&stream).set_records(Some(entries)).send().await?;
+        for r in out.records() {
+            if let (Some(shard), Some(at)) = (r.shard_id(), r.sequence_number()) {
+                last.lock().expect("never poisoned").insert(shard.to_owned(), seq(at));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Ten sign-ups every 100 ms until aborted.
+async fn trickle(client: Client, stream: String, per_tick: usize) -> Result<()> {
+    let mut n = 0u64;
+    loop {
+        let entries: Vec<PutRecordsRequestEntry> = (0..per_tick)
+            .map(|_| {
+                n += 1;
+                let line =
+                    format!(r#"{{"user_id": "t{n}", "location": {{"country": "DE", "lat": 52.5, "lon": 13.4}}}}"#);
+                PutRecordsRequestEntry::builder().partition_key(format!("t{n}")).data(Blob::new(line)).build()
+            })
+            .collect::<Result<_, _>>()?;
+        client.put_records().stream_name(&stream).set_records(Some(entries)).send().await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Per worker summed: (writes, scans) so far.
+fn requests(workers: &[(Child, String)]) -> [f64; 2] {
+    let mut sum = [0.0, 0.0];
+    for (_, metrics) in workers {
+        sum[0] += scrape(metrics, "offerd_lease_table_requests_total{kind=\"write\"}").unwrap_or(0.0);
+        sum[1] += scrape(metrics, "offerd_lease_table_requests_total{kind=\"scan\"}").unwrap_or(0.0);
+    }
+    sum
+}
+
+fn metrics_text(addr: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr)?;
+    write!(conn, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// The value of one series (name with labels, as printed).
+fn scrape(addr: &str, series: &str) -> Result<f64> {
+    let text = metrics_text(addr)?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .with_context(|| format!("no {series}"))
+}
+
+/// Shards a worker has read from (its `offerd_records_read_total` series).
+fn shards_read(addr: &str) -> Result<HashSet<String>> {
+    let text = metrics_text(addr)?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let shard = series.strip_prefix("offerd_records_read_total{shard_id=\"")?.split('"').next()?;
+            (value.parse::<f64>().ok()? > 0.0).then(|| shard.to_owned())
+        })
+        .collect())
+}
