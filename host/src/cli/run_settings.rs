@@ -52,6 +52,10 @@ pub(super) struct RunSettings {
     /// How often held leases are renewed [default: 1000].
     #[arg(long, value_name = "MS", requires = "lease_table")]
     lease_renew_ms: Option<u64>,
+    /// Seconds a finished parent shard's lease stays once all its children
+    /// have started, before it is deleted [default: 300].
+    #[arg(long, value_name = "SECONDS", requires = "lease_table")]
+    finished_lease_retention_secs: Option<u64>,
     /// Where shards without a checkpoint start: trim-horizon, latest or an
     /// RFC 3339 time [default: trim-horizon].
     #[arg(long, value_name = "WHERE")]
@@ -219,6 +223,9 @@ impl RunSettings {
                     worker_id,
                     duration: Duration::from_millis(duration),
                     renew_every: Duration::from_millis(renew),
+                    finished_retention: Duration::from_secs(
+                        self.finished_lease_retention_secs.or(file.finished_lease_retention_secs).unwrap_or(300),
+                    ),
                 })
             }
         };

@@ -188,8 +188,12 @@ pub async fn run(
             }
             let parents: Vec<&str> =
                 [shard.parent_shard_id(), shard.adjacent_parent_shard_id()].into_iter().flatten().collect();
-            // A parent no longer listed has aged out of retention: nothing to wait for.
-            if let Some(parent) = parents.iter().find(|p| listed.contains(**p) && !drained.contains(**p)) {
+            // A parent no longer listed has aged out of retention: nothing to
+            // wait for. With leases, a child's lease is taken only once its
+            // parents' leases are finished (or removed after that).
+            if leases.is_none()
+                && let Some(parent) = parents.iter().find(|p| listed.contains(**p) && !drained.contains(**p))
+            {
                 tracing::debug!(shard_id = id, parent, "waiting for the parent shard to drain");
                 continue;
             }

@@ -45,6 +45,9 @@ pub struct LeaseSettings {
     pub duration: Duration,
     /// How often held leases are renewed and the table scanned.
     pub renew_every: Duration,
+    /// How long a finished parent's lease stays once all its children have
+    /// started, before it is deleted.
+    pub finished_retention: Duration,
 }
 
 /// A lease this worker holds.
@@ -78,6 +81,8 @@ struct Observed {
     requests: HashMap<String, (String, Instant)>,
     /// Hand-offs this worker asked for, and when.
     asked: HashMap<String, Instant>,
+    /// Finished parents whose children have all started, and since when.
+    removable: HashMap<String, Instant>,
 }
 
 /// This worker's leases, and the table as last scanned.
@@ -86,6 +91,7 @@ pub struct Leases {
     me: String,
     duration: Duration,
     renew_every: Duration,
+    finished_retention: Duration,
     metrics: Arc<Metrics>,
     held: Mutex<HashMap<String, Held>>,
     /// Every lease as last scanned.
@@ -105,6 +111,7 @@ impl Leases {
             me: settings.worker_id.clone(),
             duration: settings.duration,
             renew_every: settings.renew_every,
+            finished_retention: settings.finished_retention,
             metrics,
             held: Mutex::default(),
             seen: Mutex::default(),
@@ -231,6 +238,7 @@ impl Leases {
             if *stopping.borrow() {
                 continue;
             }
+            self.remove_finished(&leases, &mut observed.removable).await;
             self.take_round(&leases, &mut observed).await;
         }
     }
@@ -277,6 +285,38 @@ impl Leases {
             self.metrics.lease_event("lost");
             self.metrics.leases_held(self.held().len());
             self.changed.send_replace(());
+        }
+    }
+
+    /// Deletes the lease of a finished parent once every child has a lease
+    /// that started (held, or checkpointed) and `finished_retention` has
+    /// passed since this worker first saw that, as the KCL cleans up.
+    async fn remove_finished(&self, leases: &[Lease], removable: &mut HashMap<String, Instant>) {
+        let now = Instant::now();
+        let started = |l: &Lease| l.owner.is_some() || !is_start_sentinel(&l.checkpoint);
+        let ready: HashSet<&str> = leases
+            .iter()
+            .filter(|l| l.checkpoint == SHARD_END)
+            .filter(|parent| {
+                let children: Vec<&Lease> =
+                    leases.iter().filter(|l| l.parents.iter().any(|p| *p == parent.key)).collect();
+                !children.is_empty() && children.iter().all(|c| started(c))
+            })
+            .map(|l| l.key.as_str())
+            .collect();
+        removable.retain(|key, _| ready.contains(key.as_str()));
+        for key in ready {
+            let since = *removable.entry(key.to_owned()).or_insert(now);
+            if since.elapsed() < self.finished_retention {
+                continue;
+            }
+            self.metrics.lease_request("write");
+            match self.table.delete_finished(key).await {
+                Ok(true) => tracing::info!(shard_id = key, "finished parent's lease removed"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(shard_id = key, error = %format!("{e:#}"), "removing a finished lease failed"),
+            }
+            removable.remove(key);
         }
     }
 

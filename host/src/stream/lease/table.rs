@@ -483,6 +483,29 @@ impl LeaseTable {
         Ok(next)
     }
 
+    /// Deletes a finished lease (checkpoint `SHARD_END`); whether it did
+    /// (another worker may have first).
+    ///
+    /// # Errors
+    /// The write fails.
+    pub async fn delete_finished(&self, key: &str) -> anyhow::Result<bool> {
+        let deleted = self
+            .client
+            .delete_item()
+            .table_name(&self.name)
+            .key(attr::KEY, s(key))
+            .condition_expression("#checkpoint = :end")
+            .expression_attribute_names("#checkpoint", attr::CHECKPOINT)
+            .expression_attribute_values(":end", s(SHARD_END))
+            .send()
+            .await;
+        match deleted.map_err(|e| classify(e, key, "deleting")) {
+            Ok(_) => Ok(true),
+            Err(LeaseError::Lost(_)) => Ok(false),
+            Err(LeaseError::Other(e)) => Err(e),
+        }
+    }
+
     /// Records the children of a closed shard on its lease (metadata only:
     /// no counter change, as the KCL does).
     ///
