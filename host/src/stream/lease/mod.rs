@@ -298,8 +298,7 @@ impl Leases {
             .iter()
             .filter(|l| l.checkpoint == SHARD_END)
             .filter(|parent| {
-                let children: Vec<&Lease> =
-                    leases.iter().filter(|l| l.parents.iter().any(|p| *p == parent.key)).collect();
+                let children: Vec<&Lease> = leases.iter().filter(|l| l.parents.contains(&parent.key)).collect();
                 !children.is_empty() && children.iter().all(|c| started(c))
             })
             .map(|l| l.key.as_str())
