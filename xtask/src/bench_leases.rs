@@ -8,6 +8,9 @@
 //!    over the trials.
 //! 2. Lease-table requests per worker per second, idle and under load, with
 //!    8 and 64 shards (from each worker's `offerd_lease_table_requests_total`).
+//! 3. Host CPU per record with full batches, 1 and 3 workers, through
+//!    kinesalite (kinesis-local serves a few hundred records/s, so batches
+//!    stay small there): a backlog of sign-ups on 4 shards, batches of 500.
 
 use std::collections::{HashMap, HashSet};
 use std::process::Child;
@@ -22,10 +25,13 @@ use serde_json::Value;
 
 use crate::demo::{Streams, client, create_stream, spawn_offerd, stop};
 use xtask::dynalite::Dynalite;
+use xtask::kinesalite::Kinesalite;
 use xtask::kinesis_local::{KinesisLocal, npm_ci};
 
 pub struct Options {
     pub trials: usize,
+    /// Sign-ups in the CPU phase's backlog.
+    pub backlog: usize,
 }
 
 /// (length, digits): sequence numbers ordered as numbers.
@@ -42,7 +48,7 @@ pub fn run(options: &Options) -> Result<()> {
     xtask::ensure_guest_target()?;
     std::fs::write(modules.join("default.wasm"), xtask::build_component("offer-rules")?)?;
     xtask::cargo(&["build", "--quiet", "--package", "offerd"])?;
-    if !root.join("node_modules/dynalite/cli.js").is_file() {
+    if !root.join("node_modules/kinesalite/index.js").is_file() {
         npm_ci(&root)?;
     }
     let kinesis = KinesisLocal::start(&root)?;
@@ -76,8 +82,10 @@ pub fn run(options: &Options) -> Result<()> {
             times.push(time);
         }
         times.sort();
-        let p = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
-        println!("failover p50 {:.2?}, p99 {:.2?}, max {:.2?}", p(0.5), p(0.99), times[times.len() - 1]);
+        if let Some(max) = times.last() {
+            let p = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+            println!("failover p50 {:.2?}, p99 {:.2?}, max {max:.2?}", p(0.5), p(0.99));
+        }
 
         println!("\nlease-table requests per worker per second (10 s each):");
         println!("{:>7} {:>8} {:>14} {:>14} {:>14}", "shards", "workers", "state", "writes/s", "scans/s");
@@ -117,7 +125,108 @@ pub fn run(options: &Options) -> Result<()> {
             }
         }
         Ok(())
+    })?;
+    cpu_per_record(&root, &modules, &dynamodb, options.backlog)
+}
+
+/// Phase 3, against kinesalite.
+fn cpu_per_record(
+    root: &std::path::Path,
+    modules: &std::path::Path,
+    dynamodb: &Dynalite,
+    backlog: usize,
+) -> Result<()> {
+    let kinesalite = Kinesalite::start(root)?;
+    let aws_env: Vec<(&str, String)> = vec![
+        ("AWS_ENDPOINT_URL", kinesalite.endpoint.clone()),
+        ("AWS_ENDPOINT_URL_DYNAMODB", dynamodb.endpoint.clone()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "bench".into()),
+        ("AWS_SECRET_ACCESS_KEY", "bench".into()),
+    ];
+    let mut generator = xtask::signups::Generator::new(&root.join("catalogs/geonames/cities15000.csv"), 5)?;
+    let signups = generator.batch(backlog, None);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client = client(&aws_env).await;
+        println!("\nhost CPU per record through kinesalite (a backlog of {backlog} sign-ups on 4 shards, batches of 500):");
+        println!("{:>8} {:>12} {:>12} {:>16} {:>18}", "workers", "wall", "records/s", "CPU µs/record", "idle CPU ms/s");
+        for workers in [1usize, 3] {
+            let streams = streams(&client, &format!("cpu-{workers}"), 4).await?;
+            // The backlog first, so that every read returns a full batch.
+            for chunk in signups.chunks(500) {
+                crate::demo::put(&client, &streams.input, chunk).await?;
+            }
+            let table = format!("cpu-{workers}-leases");
+            let mut running: Vec<(Child, String)> = Vec::new();
+            for w in 0..workers {
+                let metrics = free_addr()?;
+                let extra = ["--lease-table", &table, "--worker-id", &format!("w{w}"), "--batch-size", "500"];
+                running.push((spawn_offerd(root, &streams, modules, None, &metrics, &aws_env, &extra)?, metrics));
+            }
+            // Metrics answer once start-up (module compiles) is done: CPU from there.
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while running.iter().any(|(_, m)| metrics_text(m).is_err()) {
+                if Instant::now() > deadline {
+                    bail!("the workers' metrics never answered");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let started = Instant::now();
+            let cpu_from = cpu(&running)?;
+            let deadline = Instant::now() + Duration::from_secs(300);
+            loop {
+                let done: f64 = running
+                    .iter()
+                    .map(|(_, m)| {
+                        crate::demo::Progress::scrape(m).map(|p| (p.offers() + p.dead_letters) as f64).unwrap_or(0.0)
+                    })
+                    .sum();
+                if done >= backlog as f64 {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("{workers} workers processed {done} of {backlog} in 5 minutes");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let wall = started.elapsed();
+            let used = cpu(&running)? - cpu_from;
+            // Idle: polling 4 empty shards and renewing leases.
+            let idle_from = cpu(&running)?;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let idle = (cpu(&running)? - idle_from).as_secs_f64() * 1000.0 / 5.0;
+            println!(
+                "{workers:>8} {:>12.2?} {:>12.0} {:>16.1} {:>18.1}",
+                wall,
+                backlog as f64 / wall.as_secs_f64(),
+                used.as_secs_f64() * 1e6 / backlog as f64,
+                idle,
+            );
+            for (child, _) in running {
+                stop(child)?;
+            }
+        }
+        println!(
+            "(CPU of the offerd processes only, user + system, from /proc; idle: 4 shards polled, leases renewed)"
+        );
+        Ok(())
     })
+}
+
+/// User + system CPU time of the workers so far, from /proc/<pid>/stat.
+fn cpu(workers: &[(Child, String)]) -> Result<Duration> {
+    let mut total = Duration::ZERO;
+    for (child, _) in workers {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", child.id())).context("reading /proc (Linux only)")?;
+        // Fields after the parenthesised command name; utime and stime are 14 and 15.
+        let fields: Vec<&str> = stat.rsplit_once(')').context("odd /proc stat")?.1.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        // The kernel's USER_HZ is 100 on every Linux this runs on.
+        total += Duration::from_millis(ticks * 10);
+    }
+    Ok(total)
 }
 
 async fn streams(client: &Client, name: &str, shards: i32) -> Result<Streams> {

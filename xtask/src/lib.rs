@@ -121,5 +121,6 @@ pub fn componentize(core: &[u8]) -> Result<Vec<u8>> {
 
 pub mod component_edits;
 pub mod dynalite;
+pub mod kinesalite;
 pub mod kinesis_local;
 pub mod signups;

@@ -62,12 +62,16 @@ enum Chore {
         batch_window_ms: u64,
     },
     /// Several workers through leases (kinesis-local, dynalite): failover
-    /// time after kill -9 (p50, p99) and lease-table requests per worker per
-    /// second at 8 and 64 shards.
+    /// time after kill -9 (p50, p99), lease-table requests per worker per
+    /// second at 8 and 64 shards, and host CPU per record with 1 and 3
+    /// workers through kinesalite.
     BenchLeases {
         /// Failover trials.
         #[arg(long, default_value_t = 20)]
         trials: usize,
+        /// Sign-ups in the CPU-per-record phase (through kinesalite).
+        #[arg(long, default_value_t = 40_000)]
+        backlog: usize,
     },
     /// Crash trials: SIGKILL `offerd run` at random moments under load (some
     /// during a module publication), restart it each time, drain, and count
@@ -105,7 +109,7 @@ fn main() -> Result<()> {
         Chore::BenchStream { rate, seconds, burst, batch_window_ms } => {
             bench_stream::run(&bench_stream::Options { rate, seconds, burst, batch_window_ms })
         }
-        Chore::BenchLeases { trials } => bench_leases::run(&bench_leases::Options { trials }),
+        Chore::BenchLeases { trials, backlog } => bench_leases::run(&bench_leases::Options { trials, backlog }),
         Chore::Chaos { kills, signups, rate } => chaos::run(&chaos::Options { kills, signups, rate }),
         Chore::Test => test(),
     }
