@@ -41,7 +41,9 @@ fn fresh_table() -> String {
 }
 
 /// One worker: `offerd run --lease-table`, renewing every 250 ms, leases of
-/// 1 s unless `extra` says otherwise; its log goes to `log` if given.
+/// 2 s (eight renewals: a loaded test machine does not expire a live
+/// worker's lease) unless `extra` says otherwise; its log goes to `log` if
+/// given.
 fn worker(
     k: &Kinesis,
     s: &Streams,
@@ -54,7 +56,7 @@ fn worker(
     let mut command = k.offerd_command(s, modules, &catalogs());
     command
         .args(["--lease-table", table, "--worker-id", id, "--batch-size", "50"])
-        .args(if extra.is_empty() { &["--lease-duration-ms", "1000", "--lease-renew-ms", "250"][..] } else { extra })
+        .args(if extra.is_empty() { &["--lease-duration-ms", "2000", "--lease-renew-ms", "250"][..] } else { extra })
         .env("AWS_ENDPOINT_URL_DYNAMODB", dynamodb_endpoint());
     if let Some(log) = log {
         command.env("OFFERD_LOG", "info").stderr(Stdio::from(std::fs::File::create(log).unwrap()));
@@ -206,7 +208,7 @@ async fn a_killed_workers_shards_are_taken_over_and_nothing_is_lost() {
     let killed = Instant::now();
     inputs.extend(k.put(&s.input, &round(1, 200)).await);
     wait_for_leases(&db, &table, "b holds all 4", |l| held(l).get("b") == Some(&4)).await;
-    eprintln!("failover after kill -9: {:?} (lease 1 s, renewal 250 ms)", killed.elapsed());
+    eprintln!("failover after kill -9: {:?} (lease 2 s, renewal 250 ms)", killed.elapsed());
     let repeated = duplicates_once_all_out(&k, &s, &inputs).await;
     assert!(repeated <= 2 * 50, "{repeated} duplicates: more than one batch for each of a's 2 shards");
     b.stop_with("TERM");
@@ -420,7 +422,7 @@ async fn split_and_merge_across_three_workers_keep_per_key_order() {
     let (k, db, table) = (Kinesis::new().await, dynamodb().await, fresh_table());
     let s = streams(&k, 2).await;
     let store = store_with("reference");
-    let settings = ["--lease-duration-ms", "1000", "--lease-renew-ms", "250", "--finished-lease-retention-secs", "1"];
+    let settings = ["--lease-duration-ms", "2000", "--lease-renew-ms", "250", "--finished-lease-retention-secs", "1"];
     let workers: Vec<Offerd> =
         ["w1", "w2", "w3"].iter().map(|id| worker(&k, &s, &table, id, store.path(), &settings, None)).collect();
     wait_for_leases(&db, &table, "both shards held by two workers", |l| {

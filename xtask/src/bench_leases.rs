@@ -149,7 +149,9 @@ fn cpu_per_record(
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let client = client(&aws_env).await;
-        println!("\nhost CPU per record through kinesalite (a backlog of {backlog} sign-ups on 4 shards, batches of 500):");
+        println!(
+            "\nhost CPU per record through kinesalite (a backlog of {backlog} sign-ups on 4 shards, batches of 500):"
+        );
         println!("{:>8} {:>12} {:>12} {:>16} {:>18}", "workers", "wall", "records/s", "CPU µs/record", "idle CPU ms/s");
         for workers in [1usize, 3] {
             let streams = streams(&client, &format!("cpu-{workers}"), 4).await?;
