@@ -20,6 +20,7 @@ use run_settings::RunSettings;
 mod lease;
 mod publish;
 mod run_settings;
+mod wit;
 
 /// Exit status when the set-up (files, modules, catalogs) is unusable.
 const EXIT_SETUP: u8 = 2;
@@ -48,6 +49,8 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Put a region of a running offerd back on its previous module.
     Rollback(publish::RollbackArgs),
+    /// Write the WIT contract this offerd speaks, for a rule crate's `wit_bindgen::generate!`.
+    Wit(wit::WitArgs),
     /// Inspect the lease table that workers share a stream through.
     #[command(subcommand)]
     Lease(lease::LeaseCommand),
@@ -151,6 +154,7 @@ pub fn main() -> ExitCode {
         Command::Publish(args) => publish::publish(&args),
         Command::Rollback(args) => publish::rollback(&args),
         Command::Lease(command) => lease::run(&command),
+        Command::Wit(args) => wit::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 
 mod cli_enrich;
 mod cli_test;
+mod cli_wit;
 mod engine;
 mod leases;
 mod rollout;
