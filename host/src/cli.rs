@@ -17,6 +17,7 @@ use crate::enricher::{Enricher, Outcome};
 use crate::{admin, golden, http_server, module_store, service, stream};
 use run_settings::RunSettings;
 
+mod diff;
 mod lease;
 mod publish;
 mod run_settings;
@@ -49,6 +50,9 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Put a region of a running offerd back on its previous module.
     Rollback(publish::RollbackArgs),
+    /// Compare two modules on the same sign-ups: offers added, removed,
+    /// re-priced, re-ranked, rejections and failures; exit 1 when they differ.
+    Diff(Box<diff::DiffArgs>),
     /// Write the WIT contract this offerd speaks, for a rule crate's `wit_bindgen::generate!`.
     Wit(wit::WitArgs),
     /// Inspect the lease table that workers share a stream through.
@@ -155,6 +159,7 @@ pub fn main() -> ExitCode {
         Command::Rollback(args) => publish::rollback(&args),
         Command::Lease(command) => lease::run(&command),
         Command::Wit(args) => wit::run(&args),
+        Command::Diff(args) => diff::run(&args),
     };
     match result {
         Ok(code) => code,

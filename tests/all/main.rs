@@ -1,6 +1,7 @@
 //! Integration tests, one binary: modules built from source by build.rs,
 //! the real catalogs, and the real `offerd` process.
 
+mod cli_diff;
 mod cli_enrich;
 mod cli_test;
 mod cli_wit;

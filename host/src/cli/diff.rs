@@ -1,0 +1,251 @@
+//! `offerd diff`: what changes for customers if module B replaces module A.
+//! Both run on the same sign-ups under the production engine; per record
+//! and in total: offers added, removed, re-priced and re-ranked, rejections
+//! and failures that appear or disappear. What a team reads before it
+//! publishes a price change.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::{Value, json};
+
+use super::{LimitArgs, LineBatches};
+use crate::catalog::Catalogs;
+use crate::engine::{Engine, RegionRules, RuleModule};
+use crate::enricher::{Enricher, Outcome};
+use crate::module_store::{self, LoadedRules};
+
+#[derive(Args)]
+pub(super) struct DiffArgs {
+    /// The module serving now.
+    #[arg(long, value_name = "A.wasm")]
+    from: PathBuf,
+    /// The module to compare it with.
+    #[arg(long, value_name = "B.wasm")]
+    to: PathBuf,
+    /// Catalog directory: `regions.toml` and `<region>.toml`.
+    #[arg(long, value_name = "DIR")]
+    catalogs: PathBuf,
+    /// Sign-ups, one JSON object per line.
+    #[arg(long, value_name = "SIGNUPS.jsonl")]
+    input: PathBuf,
+    /// One JSON object per differing record, then the totals.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// How one record's outcome changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct RecordDiff {
+    added: Vec<String>,
+    removed: Vec<String>,
+    /// (plan, old price, new price), prices as `<minor units> <currency>`
+    /// with the promo price after a slash when there is one.
+    repriced: Vec<(String, String, String)>,
+    /// (plan, old rank, new rank), ranks from 1.
+    reranked: Vec<(String, usize, usize)>,
+    /// (old outcome, new outcome) when either is a dead letter and they
+    /// differ: `offers` or the dead letter's reason.
+    outcome: Option<(String, String)>,
+}
+
+impl RecordDiff {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The offers of an offer record: plan id → (rank, price).
+fn offers(line: &Value) -> BTreeMap<String, (usize, String)> {
+    let price = |p: &Value| format!("{} {}", p["amount_minor"], p["currency"].as_str().unwrap_or("?"));
+    line["offers"]
+        .as_array()
+        .map(|offers| {
+            offers
+                .iter()
+                .enumerate()
+                .map(|(rank, o)| {
+                    let mut shown = price(&o["monthly_price"]);
+                    if !o["promo"].is_null() {
+                        shown = format!("{shown} / {} promo {}", price(&o["promo"]["monthly_price"]), o["promo"]["id"]);
+                    }
+                    (o["plan_id"].as_str().unwrap_or("?").to_owned(), (rank + 1, shown))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `offers`, or a dead letter's reason.
+fn kind(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Offer { .. } => "offers".to_owned(),
+        Outcome::DeadLetter { reason, .. } => reason.as_str().to_owned(),
+    }
+}
+
+fn compare(a: &Outcome, b: &Outcome) -> RecordDiff {
+    let (Outcome::Offer { line: la, .. }, Outcome::Offer { line: lb, .. }) = (a, b) else {
+        let (ka, kb) = (kind(a), kind(b));
+        return RecordDiff { outcome: (ka != kb).then_some((ka, kb)), ..RecordDiff::default() };
+    };
+    let parse = |line: &[u8]| serde_json::from_slice::<Value>(line).unwrap_or(Value::Null);
+    let (old, new) = (offers(&parse(la)), offers(&parse(lb)));
+    let mut diff = RecordDiff::default();
+    for (plan, (rank, price)) in &new {
+        match old.get(plan) {
+            None => diff.added.push(plan.clone()),
+            Some((old_rank, old_price)) => {
+                if old_price != price {
+                    diff.repriced.push((plan.clone(), old_price.clone(), price.clone()));
+                }
+                if old_rank != rank {
+                    diff.reranked.push((plan.clone(), *old_rank, *rank));
+                }
+            }
+        }
+    }
+    diff.removed = old.keys().filter(|plan| !new.contains_key(*plan)).cloned().collect();
+    diff
+}
+
+/// Every region served by the module at `path`.
+fn load(engine: &Engine, path: &Path, catalogs: &Catalogs) -> anyhow::Result<Arc<Enricher>> {
+    let bytes = module_store::read_module(path, engine.limits().max_module_bytes).map_err(anyhow::Error::msg)?;
+    let module = Arc::new(RuleModule::load(engine, &bytes).with_context(|| format!("loading {}", path.display()))?);
+    let mut loaded = LoadedRules { rules: Default::default(), unserved: Default::default() };
+    for catalog in catalogs.regions() {
+        match RegionRules::new(module.clone(), Arc::new(catalog.clone())) {
+            Ok(rules) => {
+                loaded.rules.insert(catalog.region.clone(), Arc::new(rules));
+            }
+            Err(e) => {
+                loaded.unserved.insert(catalog.region.clone(), format!("{}: {e}", path.display()));
+            }
+        }
+    }
+    Ok(Arc::new(Enricher::new(Arc::new(catalogs.clone()), loaded)))
+}
+
+pub(super) fn run(args: &DiffArgs) -> anyhow::Result<ExitCode> {
+    let catalogs = Catalogs::load(&args.catalogs)?;
+    let engine = args.limits.engine()?;
+    let (from, to) = (load(&engine, &args.from, &catalogs)?, load(&engine, &args.to, &catalogs)?);
+    let input = File::open(&args.input).with_context(|| format!("opening {}", args.input.display()))?;
+    let mut lines = LineBatches { input: Box::new(BufReader::new(input)), batch_size: 500 };
+    let mut out = std::io::stdout().lock();
+    let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut line_no = 0usize;
+    while let Some(batch) = lines.next_batch().context("reading sign-ups")? {
+        let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+        let (a, b) = (from.enrich(&refs).outcomes, to.enrich(&refs).outcomes);
+        for ((a, b), input) in a.iter().zip(&b).zip(&batch) {
+            line_no += 1;
+            *totals.entry("records").or_default() += 1;
+            for (outcome, side) in [(a, "from"), (b, "to")] {
+                if let Outcome::DeadLetter { reason, .. } = outcome
+                    && reason.as_str().starts_with("module-")
+                {
+                    *totals.entry(if side == "from" { "failures_from" } else { "failures_to" }).or_default() += 1;
+                }
+            }
+            let diff = compare(a, b);
+            if diff.is_empty() {
+                continue;
+            }
+            *totals.entry("records_changed").or_default() += 1;
+            *totals.entry("offers_added").or_default() += diff.added.len() as u64;
+            *totals.entry("offers_removed").or_default() += diff.removed.len() as u64;
+            *totals.entry("offers_repriced").or_default() += diff.repriced.len() as u64;
+            *totals.entry("offers_reranked").or_default() += diff.reranked.len() as u64;
+            if let Some((old, new)) = &diff.outcome {
+                let key = match (old.as_str(), new.as_str()) {
+                    ("offers", _) => "dead_letters_appear",
+                    (_, "offers") => "dead_letters_disappear",
+                    _ => "dead_letter_reasons_change",
+                };
+                *totals.entry(key).or_default() += 1;
+            }
+            let user =
+                serde_json::from_slice::<Value>(input).ok().and_then(|v| v["user_id"].as_str().map(str::to_owned));
+            if args.json {
+                let record = json!({
+                    "line": line_no, "user_id": user, "added": diff.added, "removed": diff.removed,
+                    "repriced": diff.repriced.iter().map(|(p, o, n)| json!({"plan_id": p, "from": o, "to": n})).collect::<Vec<_>>(),
+                    "reranked": diff.reranked.iter().map(|(p, o, n)| json!({"plan_id": p, "from": o, "to": n})).collect::<Vec<_>>(),
+                    "outcome": diff.outcome.as_ref().map(|(o, n)| json!({"from": o, "to": n})),
+                });
+                writeln!(out, "{record}")?;
+            } else {
+                let mut parts: Vec<String> = Vec::new();
+                parts.extend(diff.added.iter().map(|p| format!("+{p}")));
+                parts.extend(diff.removed.iter().map(|p| format!("-{p}")));
+                parts.extend(diff.repriced.iter().map(|(p, o, n)| format!("{p} {o} → {n}")));
+                parts.extend(diff.reranked.iter().map(|(p, o, n)| format!("{p} #{o} → #{n}")));
+                if let Some((o, n)) = &diff.outcome {
+                    parts.push(format!("{o} → {n}"));
+                }
+                writeln!(out, "line {line_no} ({}): {}", user.as_deref().unwrap_or("?"), parts.join(", "))?;
+            }
+        }
+    }
+    if args.json {
+        writeln!(out, "{}", json!({ "totals": totals }))?;
+    } else {
+        let shown: Vec<String> = totals.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        writeln!(out, "totals: {}", shown.join(", "))?;
+    }
+    Ok(if totals.get("records_changed").copied().unwrap_or(0) == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Reason;
+
+    fn offer(plans: &[(&str, u64, bool)]) -> Outcome {
+        let offers: Vec<Value> = plans
+            .iter()
+            .map(|(id, price, promo)| {
+                json!({"plan_id": id, "monthly_price": {"amount_minor": price, "currency": "EUR"},
+                       "promo": if *promo { json!({"id": "p", "monthly_price": {"amount_minor": price / 2, "currency": "EUR"}}) } else { Value::Null }})
+            })
+            .collect();
+        Outcome::Offer { user_id: "u".into(), line: serde_json::to_vec(&json!({"offers": offers})).unwrap() }
+    }
+
+    #[test]
+    fn offers_added_removed_repriced_and_reranked_are_told_apart() {
+        let a = offer(&[("fiber", 6999, false), ("dsl", 2999, false), ("cable", 3999, false)]);
+        let b = offer(&[("dsl", 2999, false), ("fiber", 7499, false), ("sat", 4999, false)]);
+        let diff = compare(&a, &b);
+        assert_eq!(diff.added, ["sat"]);
+        assert_eq!(diff.removed, ["cable"]);
+        assert_eq!(diff.repriced, [("fiber".to_owned(), "6999 EUR".to_owned(), "7499 EUR".to_owned())]);
+        let mut reranked = diff.reranked.clone();
+        reranked.sort();
+        assert_eq!(reranked, [("dsl".to_owned(), 2, 1), ("fiber".to_owned(), 1, 2)]);
+        assert!(compare(&a, &a).is_empty());
+        // A promo appearing is a price change.
+        let promo = compare(&offer(&[("fiber", 6999, false)]), &offer(&[("fiber", 6999, true)]));
+        assert_eq!(promo.repriced.len(), 1, "{promo:?}");
+    }
+
+    #[test]
+    fn rejections_that_appear_or_change_are_outcome_changes() {
+        let rejected = Outcome::DeadLetter { reason: Reason::RuleRejected, line: Vec::new() };
+        let trapped = Outcome::DeadLetter { reason: Reason::ModuleTrap, line: Vec::new() };
+        let served = offer(&[("fiber", 6999, false)]);
+        assert_eq!(compare(&served, &rejected).outcome, Some(("offers".into(), "rule-rejected".into())));
+        assert_eq!(compare(&rejected, &trapped).outcome, Some(("rule-rejected".into(), "module-trap".into())));
+        assert!(compare(&rejected, &rejected).is_empty());
+    }
+}
