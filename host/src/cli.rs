@@ -226,23 +226,47 @@ struct LineBatches {
     batch_size: usize,
 }
 
+/// Longest line kept whole: one byte past the largest sign-up, so an
+/// over-long line is still refused as too large, without holding a hostile
+/// multi-gigabyte line in memory.
+const MAX_LINE: usize = crate::signup::MAX_RECORD_BYTES + 1;
+
 impl LineBatches {
     fn next_batch(&mut self) -> io::Result<Option<Vec<Vec<u8>>>> {
         let mut batch = Vec::with_capacity(self.batch_size);
         while batch.len() < self.batch_size {
-            let mut line = Vec::new();
-            if self.input.read_until(b'\n', &mut line)? == 0 {
-                break;
-            }
-            if line.last() == Some(&b'\n') {
+            let Some(mut line) = self.next_line()? else { break };
+            if line.last() == Some(&b'\r') {
                 line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
             }
             batch.push(line);
         }
         Ok((!batch.is_empty()).then_some(batch))
+    }
+
+    /// The next line without its newline, cut at [`MAX_LINE`] bytes (the
+    /// rest of it is skipped); `None` at the end.
+    fn next_line(&mut self) -> io::Result<Option<Vec<u8>>> {
+        let mut line = Vec::new();
+        let mut any = false;
+        loop {
+            let buf = self.input.fill_buf()?;
+            if buf.is_empty() {
+                return Ok(any.then_some(line));
+            }
+            any = true;
+            let (chunk, end) = match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => (&buf[..i], Some(i + 1)),
+                None => (buf, None),
+            };
+            let room = MAX_LINE.saturating_sub(line.len());
+            line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            let used = end.unwrap_or(buf.len());
+            self.input.consume(used);
+            if end.is_some() {
+                return Ok(Some(line));
+            }
+        }
     }
 }
 
@@ -317,4 +341,22 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("stopped cleanly");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_line_is_cut_and_the_next_lines_are_read_whole() {
+        let mut input = vec![b'x'; 10 * MAX_LINE];
+        input.extend_from_slice(b"\nsecond\r\nthird");
+        let mut lines = LineBatches { input: Box::new(io::Cursor::new(input)), batch_size: 10 };
+        let batch = lines.next_batch().unwrap().unwrap();
+        assert_eq!(batch.len(), 3);
+        assert_eq!(batch[0].len(), MAX_LINE);
+        assert_eq!(batch[1], b"second");
+        assert_eq!(batch[2], b"third");
+        assert!(lines.next_batch().unwrap().is_none());
+    }
 }
