@@ -56,6 +56,12 @@ fn a_trapping_record_fails_alone_and_the_rest_of_its_batch_is_served() {
     let rules = europe(load(&engine(), "misbehave").unwrap());
     let got = kinds(&rules, &commands(&["ok", "ok", "trap", "ok", "reject"]));
     assert_eq!(got, [None, None, Some(FailureKind::Trap), None, Some(FailureKind::Rejected("unusable"))]);
+    // The failure says where in the guest it trapped, first.
+    let inputs = commands(&["trap"]);
+    let signups: Vec<SignUp<'_>> = inputs.iter().map(|b| SignUp::decode(b).unwrap()).collect();
+    let failure = rules.enrich(&signups.iter().collect::<Vec<_>>()).remove(0).unwrap_err();
+    let first = failure.detail.lines().next().unwrap();
+    assert_eq!(first, "wasm trap: wasm `unreachable` instruction executed in offers:rules/rules@1.0.0#enrich");
     // The poisoned instance was dropped: the next batch is served normally.
     assert_eq!(kinds(&rules, &commands(&["ok", "ok"])), [None, None]);
 }

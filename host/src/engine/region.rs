@@ -251,10 +251,67 @@ pub(crate) fn classify(e: &wasmtime::Error) -> Failure {
     if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
         return Failure { kind: FailureKind::Timeout, detail: "module ran past its call deadline".into() };
     }
-    // A deep recursion's backtrace can run to megabytes.
-    let detail = format!("{e:#}");
+    // First line: where the guest's own code trapped, and why; then the
+    // whole error. A deep recursion's backtrace can run to megabytes.
+    let function = e.downcast_ref::<wasmtime::WasmBacktrace>().and_then(|trace| {
+        trace.frames().iter().filter_map(|f| f.func_name()).find(|name| !is_runtime_frame(name)).map(readable)
+    });
+    let why = e.downcast_ref::<wasmtime::Trap>().map_or_else(|| "trap".to_owned(), ToString::to_string);
+    let detail = match function {
+        Some(function) => format!("{why} in {function}\n{e:#}"),
+        None => format!("{e:#}"),
+    };
     Failure {
         kind: FailureKind::Trap,
         detail: crate::record::truncated(&detail, crate::record::MAX_DETAIL).into_owned(),
+    }
+}
+
+/// A frame of Rust's panic and allocation machinery, not the rule's code.
+fn is_runtime_frame(name: &str) -> bool {
+    let name = readable(name);
+    ["std::", "core::", "alloc::", "__rustc::", "dlmalloc::", "wit_bindgen"].iter().any(|p| name.starts_with(p))
+        || name.contains("rust_begin_unwind")
+        || name.contains("rust_panic")
+}
+
+/// A symbol demangled, without the crate disambiguators of Rust's v0
+/// mangling (`core[c5930c85a12de822]::panicking` → `core::panicking`), at
+/// most 200 characters.
+fn readable(name: &str) -> String {
+    let demangled = rustc_demangle::demangle(name).to_string();
+    let mut out = String::with_capacity(demangled.len());
+    let mut rest = demangled.as_str();
+    while let Some(open) = rest.find('[') {
+        out.push_str(&rest[..open]);
+        match rest[open..].find(']') {
+            Some(close) if rest[open + 1..open + close].bytes().all(|b| b.is_ascii_hexdigit()) => {
+                rest = &rest[open + close + 1..];
+            }
+            _ => {
+                out.push('[');
+                rest = &rest[open + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    crate::record::truncated(&out, 200).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symbols_are_demangled_without_disambiguators_and_runtime_frames_are_skipped() {
+        assert_eq!(readable("_RNvNtCsebHcaeoSrxy_3std9panicking15panic_with_hook"), "std::panicking::panic_with_hook");
+        assert_eq!(readable("core[c5930c85a12de822]::panicking::panic_fmt"), "core::panicking::panic_fmt");
+        assert_eq!(readable("offers:rules/rules@1.0.0#enrich"), "offers:rules/rules@1.0.0#enrich");
+        assert_eq!(readable("a[not-hex]b"), "a[not-hex]b");
+        assert!(readable(&"x".repeat(10_000)).len() < 300);
+        assert!(is_runtime_frame("_RNvNtCsebHcaeoSrxy_3std9panicking15panic_with_hook"));
+        assert!(is_runtime_frame("__rustc[b7974e8690430dd9]::rust_begin_unwind"));
+        assert!(!is_runtime_frame("offers:rules/rules@1.0.0#enrich"));
+        assert!(!is_runtime_frame("my_rules::pricing::discount"));
     }
 }
