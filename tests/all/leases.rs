@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::stream::{
-    DEADLINE, Kinesis, Offerd, Seq, Streams, put_round, rounds_by_user, seq, shard_starting_at, signup,
-    split_first_shard, streams,
+    DEADLINE, Kinesis, Offerd, Seq, Streams, rounds_around_split_and_merge, rounds_by_user, seq, signup, streams,
 };
 use super::{catalogs, store_with};
 
@@ -103,6 +102,31 @@ async fn wait_for_leases(
         }
         assert!(Instant::now() < deadline, "{what}: the lease table {table} never appeared");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Creates a table keyed by the string `key` alone (as a test's stand-in for
+/// a table some other program made) and waits until it is active.
+async fn create_table(db: &aws_sdk_dynamodb::Client, table: &str, key: &str) {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
+    };
+    db.create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .key_schema(KeySchemaElement::builder().attribute_name(key).key_type(KeyType::Hash).build().unwrap())
+        .attribute_definitions(
+            AttributeDefinition::builder().attribute_name(key).attribute_type(ScalarAttributeType::S).build().unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while db.describe_table().table_name(table).send().await.unwrap().table().unwrap().table_status()
+        != Some(&TableStatus::Active)
+    {
+        assert!(Instant::now() < deadline, "{table} never became active");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -276,33 +300,7 @@ async fn a_kcl_lease_table_is_adopted_with_its_checkpoints() {
             checkpoints.insert(shard, seq);
         }
     }
-    db.create_table()
-        .table_name(&table)
-        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
-        .key_schema(
-            aws_sdk_dynamodb::types::KeySchemaElement::builder()
-                .attribute_name("leaseKey")
-                .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .attribute_definitions(
-            aws_sdk_dynamodb::types::AttributeDefinition::builder()
-                .attribute_name("leaseKey")
-                .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    while db.describe_table().table_name(&table).send().await.unwrap().table().unwrap().table_status()
-        != Some(&aws_sdk_dynamodb::types::TableStatus::Active)
-    {
-        assert!(Instant::now() < deadline, "the KCL table never became active");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    create_table(&db, &table, "leaseKey").await;
     // The first shard's checkpoint is inside a KPL aggregate (sub-sequence
     // 3): reading resumes at that record, which comes out again.
     let inside = *checkpoints.keys().next().unwrap();
@@ -350,16 +348,22 @@ async fn a_kcl_lease_table_is_adopted_with_its_checkpoints() {
     w.stop_with("TERM");
 }
 
-/// `offerd lease list --json`, one object per lease.
-fn lease_list(table: &str) -> Vec<serde_json::Value> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_offerd-cli"))
-        .args(["lease", "list", "--table", table, "--json"])
+/// `offerd lease list --table <table>` with `extra` flags, against dynalite.
+fn offerd_lease_list(table: &str, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_offerd-cli"))
+        .args(["lease", "list", "--table", table])
+        .args(extra)
         .env("AWS_ENDPOINT_URL", dynamodb_endpoint())
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "secret")
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// `offerd lease list --json`, one object per lease.
+fn lease_list(table: &str) -> Vec<serde_json::Value> {
+    let out = offerd_lease_list(table, &["--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
@@ -370,26 +374,7 @@ fn lease_list(table: &str) -> Vec<serde_json::Value> {
 async fn a_table_of_another_shape_stops_start_up_with_what_is_wrong() {
     let (k, db, table) = (Kinesis::new().await, dynamodb().await, fresh_table());
     let s = streams(&k, 1).await;
-    db.create_table()
-        .table_name(&table)
-        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
-        .key_schema(
-            aws_sdk_dynamodb::types::KeySchemaElement::builder()
-                .attribute_name("id")
-                .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .attribute_definitions(
-            aws_sdk_dynamodb::types::AttributeDefinition::builder()
-                .attribute_name("id")
-                .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
+    create_table(&db, &table, "id").await;
     let store = store_with("reference");
     let out = k
         .offerd_command(&s, store.path(), &catalogs())
@@ -401,14 +386,7 @@ async fn a_table_of_another_shape_stops_start_up_with_what_is_wrong() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("{table:?} is not a lease table")) && stderr.contains("\"id\""), "{stderr}");
-    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_offerd-cli"))
-        .args(["lease", "list", "--table", "no-such-table"])
-        .env("AWS_ENDPOINT_URL", dynamodb_endpoint())
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "secret")
-        .output()
-        .unwrap();
+    let missing = offerd_lease_list("no-such-table", &[]);
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("there is no lease table \"no-such-table\""));
 }
@@ -429,27 +407,7 @@ async fn split_and_merge_across_three_workers_keep_per_key_order() {
         l.len() == 2 && held(l).len() == 2 && !held(l).contains_key("(none)")
     })
     .await;
-    let mut landed: HashMap<(String, Seq), usize> = HashMap::new();
-    for round in 0..3 {
-        put_round(&k, &s.input, 12, round, &mut landed).await;
-    }
-    let (first, mid, end) = split_first_shard(&k, &s.input).await;
-    for round in 3..6 {
-        put_round(&k, &s.input, 12, round, &mut landed).await;
-    }
-    let (upper, ..) = shard_starting_at(&k, &s.input, &mid.to_string()).await;
-    let (second, ..) = shard_starting_at(&k, &s.input, &(end + 1).to_string()).await;
-    k.client
-        .merge_shards()
-        .stream_name(&s.input)
-        .shard_to_merge(&upper)
-        .adjacent_shard_to_merge(&second)
-        .send()
-        .await
-        .unwrap();
-    for round in 6..9 {
-        put_round(&k, &s.input, 12, round, &mut landed).await;
-    }
+    let (landed, [first, upper, second]) = rounds_around_split_and_merge(&k, &s.input).await;
     let (offers, dead) = k.wait_for(&s.output, &s.dlq, 108).await;
     // Once every child started, the finished parents' leases are removed.
     let after = wait_for_leases(&db, &table, "the three parents' leases removed", |l| {

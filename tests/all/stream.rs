@@ -386,16 +386,9 @@ pub(super) fn rounds_by_user(offers: &[Value], landed: &HashMap<(String, Seq), u
     by_user
 }
 
-/// The shard whose hash range starts at `start`.
 /// Puts one round: one sign-up for each of `users` keys, in one call, and
 /// records where each landed.
-pub(super) async fn put_round(
-    k: &Kinesis,
-    stream: &str,
-    users: usize,
-    round: usize,
-    landed: &mut HashMap<(String, Seq), usize>,
-) {
+async fn put_round(k: &Kinesis, stream: &str, users: usize, round: usize, landed: &mut HashMap<(String, Seq), usize>) {
     let batch: Vec<(String, String)> = (0..users).map(|u| (format!("u{u}"), signup(&format!("u{u}"), round))).collect();
     for source in k.put(stream, &batch).await {
         landed.insert(source, round);
@@ -405,7 +398,7 @@ pub(super) async fn put_round(
 /// Splits the shard whose hash range starts at 0 into two halves and waits
 /// until the stream is active: (parent, first key of the upper half, last key
 /// of the parent).
-pub(super) async fn split_first_shard(k: &Kinesis, stream: &str) -> (String, u128, u128) {
+async fn split_first_shard(k: &Kinesis, stream: &str) -> (String, u128, u128) {
     let (first, start, end) = shard_starting_at(k, stream, "0").await;
     let (start, end): (u128, u128) = (start.parse().unwrap(), end.parse().unwrap());
     let mid = (start + end) / 2;
@@ -421,11 +414,46 @@ pub(super) async fn split_first_shard(k: &Kinesis, stream: &str) -> (String, u12
     (first, mid, end)
 }
 
-pub(super) async fn shard_starting_at(k: &Kinesis, stream: &str, start: &str) -> (String, String, String) {
+/// The shard whose hash range starts at `start`: (id, start, end).
+async fn shard_starting_at(k: &Kinesis, stream: &str, start: &str) -> (String, String, String) {
     let shards = k.client.list_shards().stream_name(stream).send().await.unwrap();
     let s = shards.shards().iter().find(|s| s.hash_key_range().unwrap().starting_hash_key() == start).unwrap();
     let range = s.hash_key_range().unwrap();
     (s.shard_id().to_owned(), range.starting_hash_key().to_owned(), range.ending_hash_key().to_owned())
+}
+
+/// Nine rounds of one sign-up for each of 12 keys: three before the first
+/// shard of a 2-shard stream is split, three between the split and the merge
+/// of its upper half with the second original shard, three after. Where
+/// each record landed (its round), and the three shards that end closed:
+/// the split parent, its upper half, the second original shard.
+pub(super) async fn rounds_around_split_and_merge(
+    k: &Kinesis,
+    stream: &str,
+) -> (HashMap<(String, Seq), usize>, [String; 3]) {
+    let mut landed: HashMap<(String, Seq), usize> = HashMap::new();
+    for round in 0..3 {
+        put_round(k, stream, 12, round, &mut landed).await;
+    }
+    let (first, mid, end) = split_first_shard(k, stream).await;
+    for round in 3..6 {
+        put_round(k, stream, 12, round, &mut landed).await;
+    }
+    let (upper, ..) = shard_starting_at(k, stream, &mid.to_string()).await;
+    let (second, ..) = shard_starting_at(k, stream, &(end + 1).to_string()).await;
+    k.client
+        .merge_shards()
+        .stream_name(stream)
+        .shard_to_merge(&upper)
+        .adjacent_shard_to_merge(&second)
+        .send()
+        .await
+        .unwrap();
+    k.wait_active(stream).await;
+    for round in 6..9 {
+        put_round(k, stream, 12, round, &mut landed).await;
+    }
+    (landed, [first, upper, second])
 }
 
 /// Records put before a split, between a split and a merge, and after the
@@ -439,29 +467,7 @@ async fn split_and_merge_mid_stream_keep_per_key_order() {
     let store = store_with("reference");
     let checkpoints = dir.path().join("checkpoints.json");
     let child = k.offerd(&s, &checkpoints, store.path(), &["--batch-size", "7"]);
-    let mut landed: HashMap<(String, Seq), usize> = HashMap::new();
-    for round in 0..3 {
-        put_round(&k, &s.input, 12, round, &mut landed).await;
-    }
-    let (first, mid, end) = split_first_shard(&k, &s.input).await;
-    for round in 3..6 {
-        put_round(&k, &s.input, 12, round, &mut landed).await;
-    }
-    // Merge the upper half with the second original shard.
-    let (upper, ..) = shard_starting_at(&k, &s.input, &mid.to_string()).await;
-    let (second, ..) = shard_starting_at(&k, &s.input, &(end + 1).to_string()).await;
-    k.client
-        .merge_shards()
-        .stream_name(&s.input)
-        .shard_to_merge(&upper)
-        .adjacent_shard_to_merge(&second)
-        .send()
-        .await
-        .unwrap();
-    k.wait_active(&s.input).await;
-    for round in 6..9 {
-        put_round(&k, &s.input, 12, round, &mut landed).await;
-    }
+    let (landed, [first, upper, second]) = rounds_around_split_and_merge(&k, &s.input).await;
     let (offers, dead) = k.wait_for(&s.output, &s.dlq, 108).await;
     child.stop();
 

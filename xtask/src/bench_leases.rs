@@ -23,10 +23,10 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
 use serde_json::Value;
 
-use crate::demo::{Streams, client, create_stream, spawn_offerd, stop};
-use xtask::dynalite::Dynalite;
-use xtask::kinesalite::Kinesalite;
-use xtask::kinesis_local::{KinesisLocal, npm_ci};
+use crate::demo::{Streams, client, create_stream, free_addr, metric as scrape, metrics_text, spawn_offerd, stop};
+use xtask::dynalite;
+use xtask::kinesalite;
+use xtask::kinesis_local::{self, npm_ci};
 
 pub struct Options {
     pub trials: usize,
@@ -51,8 +51,8 @@ pub fn run(options: &Options) -> Result<()> {
     if !root.join("node_modules/kinesalite/index.js").is_file() {
         npm_ci(&root)?;
     }
-    let kinesis = KinesisLocal::start(&root)?;
-    let dynamodb = Dynalite::start(&root)?;
+    let kinesis = kinesis_local::start(&root)?;
+    let dynamodb = dynalite::start(&root)?;
     let aws_env: Vec<(&str, String)> = vec![
         ("AWS_ENDPOINT_URL", kinesis.endpoint.clone()),
         ("AWS_ENDPOINT_URL_DYNAMODB", dynamodb.endpoint.clone()),
@@ -133,12 +133,12 @@ pub fn run(options: &Options) -> Result<()> {
 fn cpu_per_record(
     root: &std::path::Path,
     modules: &std::path::Path,
-    dynamodb: &Dynalite,
+    dynamodb: &xtask::local_server::LocalServer,
     backlog: usize,
 ) -> Result<()> {
-    let kinesalite = Kinesalite::start(root)?;
+    let server = kinesalite::start(root)?;
     let aws_env: Vec<(&str, String)> = vec![
-        ("AWS_ENDPOINT_URL", kinesalite.endpoint.clone()),
+        ("AWS_ENDPOINT_URL", server.endpoint.clone()),
         ("AWS_ENDPOINT_URL_DYNAMODB", dynamodb.endpoint.clone()),
         ("AWS_REGION", "us-east-1".into()),
         ("AWS_ACCESS_KEY_ID", "bench".into()),
@@ -216,19 +216,9 @@ fn cpu_per_record(
     })
 }
 
-/// User + system CPU time of the workers so far, from /proc/<pid>/stat.
+/// User + system CPU time of the workers so far.
 fn cpu(workers: &[(Child, String)]) -> Result<Duration> {
-    let mut total = Duration::ZERO;
-    for (child, _) in workers {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", child.id())).context("reading /proc (Linux only)")?;
-        // Fields after the parenthesised command name; utime and stime are 14 and 15.
-        let fields: Vec<&str> = stat.rsplit_once(')').context("odd /proc stat")?.1.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-        // The kernel's USER_HZ is 100 on every Linux this runs on.
-        total += Duration::from_millis(ticks * 10);
-    }
-    Ok(total)
+    workers.iter().map(|(child, _)| crate::bench_stream::cpu_time(child.id())).sum()
 }
 
 async fn streams(client: &Client, name: &str, shards: i32) -> Result<Streams> {
@@ -241,10 +231,6 @@ async fn streams(client: &Client, name: &str, shards: i32) -> Result<Streams> {
         create_stream(client, stream, n).await?;
     }
     Ok(streams)
-}
-
-fn free_addr() -> Result<String> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string())
 }
 
 /// Kills `a` once both workers hold two leases each, and measures until a
@@ -364,23 +350,6 @@ fn requests(workers: &[(Child, String)]) -> [f64; 2] {
         sum[1] += scrape(metrics, "offerd_lease_table_requests_total{kind=\"scan\"}").unwrap_or(0.0);
     }
     sum
-}
-
-fn metrics_text(addr: &str) -> Result<String> {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(addr)?;
-    write!(conn, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text)?;
-    Ok(text)
-}
-
-/// The value of one series (name with labels, as printed).
-fn scrape(addr: &str, series: &str) -> Result<f64> {
-    let text = metrics_text(addr)?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-        .with_context(|| format!("no {series}"))
 }
 
 /// Shards a worker has read from (its `offerd_records_read_total` series).

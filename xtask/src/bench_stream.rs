@@ -20,7 +20,7 @@ use aws_sdk_kinesis::types::ShardIteratorType;
 use serde_json::Value;
 
 use crate::demo::{self, Progress, Streams};
-use xtask::kinesis_local::{KinesisLocal, npm_ci};
+use xtask::kinesis_local::{self, npm_ci};
 
 pub struct Options {
     /// Sign-ups per second in the steady phase.
@@ -43,7 +43,7 @@ pub fn run(options: &Options) -> Result<()> {
     if !root.join("node_modules/kinesis-local/main.js").is_file() {
         npm_ci(&root)?;
     }
-    let server = KinesisLocal::start(&root)?;
+    let server = kinesis_local::start(&root)?;
     let aws_env = vec![
         ("AWS_ENDPOINT_URL", server.endpoint.clone()),
         ("AWS_REGION", "us-east-1".into()),
@@ -58,7 +58,7 @@ pub fn run(options: &Options) -> Result<()> {
         for (name, shards) in [(&streams.input, 2), (&streams.output, 2), (&streams.dead_letters, 1)] {
             demo::create_stream(&client, name, shards).await?;
         }
-        let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+        let metrics = demo::free_addr()?;
         let checkpoints = work.join("checkpoints.json");
         let _ = std::fs::remove_file(&checkpoints);
         let window = options.batch_window_ms.to_string();
@@ -173,7 +173,7 @@ fn user_id(line: &str) -> String {
 }
 
 /// User + system CPU time of a process so far, from /proc/<pid>/stat.
-fn cpu_time(pid: u32) -> Result<Duration> {
+pub(crate) fn cpu_time(pid: u32) -> Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading /proc (Linux only)")?;
     // Fields after the parenthesised command name; utime and stime are 14 and 15.
     let fields: Vec<&str> = stat.rsplit_once(')').context("odd /proc stat")?.1.split_whitespace().collect();

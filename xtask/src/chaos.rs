@@ -17,8 +17,8 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
 use serde_json::Value;
 
-use crate::demo::{Streams, client, create_stream, spawn_offerd, stop};
-use xtask::kinesis_local::{KinesisLocal, npm_ci};
+use crate::demo::{Streams, client, create_stream, free_addr, spawn_offerd, stop};
+use xtask::kinesis_local::{self, npm_ci};
 
 pub struct Options {
     pub kills: usize,
@@ -51,7 +51,7 @@ pub fn run(options: &Options) -> Result<()> {
     if !root.join("node_modules/kinesis-local/main.js").is_file() {
         npm_ci(&root)?;
     }
-    let server = KinesisLocal::start(&root)?;
+    let server = kinesis_local::start(&root)?;
     let aws_env: Vec<(&str, String)> = vec![
         ("AWS_ENDPOINT_URL", server.endpoint.clone()),
         ("AWS_REGION", "us-east-1".into()),
@@ -140,10 +140,6 @@ pub fn run(options: &Options) -> Result<()> {
         }
         Ok(())
     })
-}
-
-fn free_addr() -> Result<String> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string())
 }
 
 fn kill_9(mut child: Child) -> Result<()> {

@@ -14,7 +14,7 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType, StreamStatus};
 use serde_json::Value;
 
-use xtask::kinesis_local::{KinesisLocal, npm_ci};
+use xtask::kinesis_local::{self, npm_ci};
 
 /// Longest the demo waits for offerd to catch up after the last put.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
@@ -57,7 +57,7 @@ pub fn run(options: &Options) -> Result<()> {
             if !root.join("node_modules/kinesis-local/main.js").is_file() {
                 npm_ci(&root)?;
             }
-            let server = KinesisLocal::start(&root)?;
+            let server = kinesis_local::start(&root)?;
             println!("kinesis-local listening on {}", server.endpoint);
             let endpoint = server.endpoint.clone();
             (Some(server), endpoint)
@@ -88,10 +88,10 @@ pub fn run(options: &Options) -> Result<()> {
             create_stream(&client, name, shards).await?;
         }
         println!("streams: {} (4 shards) → {} + {}", streams.input, streams.output, streams.dead_letters);
-        let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+        let metrics_addr = free_addr()?;
         let checkpoints = work.join("checkpoints.json");
         let _ = std::fs::remove_file(&checkpoints);
-        let admin_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+        let admin_addr = free_addr()?;
         let admin = ["--admin-addr", &admin_addr, "--admin-token-file", token_file.to_str().context("UTF-8 path")?];
         let offerd = spawn_offerd(&root, &streams, &modules, Some(&checkpoints), &metrics_addr, &aws_env, &admin)?;
         println!("admin API on http://{admin_addr} (bearer token in {})", token_file.display());
@@ -308,11 +308,7 @@ impl Progress {
     }
 
     pub fn scrape(addr: &str) -> Result<Self> {
-        use std::io::{Read, Write};
-        let mut conn = std::net::TcpStream::connect(addr)?;
-        write!(conn, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-        let mut text = String::new();
-        conn.read_to_string(&mut text)?;
+        let text = metrics_text(addr)?;
         let mut progress = Self::default();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let Some((series, value)) = line.rsplit_once(' ') else { continue };
@@ -335,6 +331,29 @@ impl Progress {
         }
         Ok(progress)
     }
+}
+
+/// offerd's `/metrics` page.
+pub(crate) fn metrics_text(addr: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr)?;
+    write!(conn, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// The value of one series of offerd's metrics (name with labels, as printed).
+pub(crate) fn metric(addr: &str, series: &str) -> Result<f64> {
+    let text = metrics_text(addr)?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .with_context(|| format!("no {series}"))
+}
+
+/// A loopback address nothing listens on yet.
+pub(crate) fn free_addr() -> Result<String> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string())
 }
 
 /// SIGINT, then offerd must exit 0: in-flight batches finish and checkpoint.

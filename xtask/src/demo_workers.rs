@@ -12,8 +12,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::chaos::{Source, drain, produce};
 use crate::demo::{Progress, Streams, client, create_stream, spawn_offerd, stop};
-use xtask::dynalite::Dynalite;
-use xtask::kinesis_local::{KinesisLocal, npm_ci};
+use xtask::dynalite;
+use xtask::kinesis_local::{self, npm_ci};
 
 const SHARDS: i32 = 8;
 
@@ -50,8 +50,8 @@ pub fn run(options: &Options) -> Result<()> {
     {
         npm_ci(&root)?;
     }
-    let kinesis = KinesisLocal::start(&root)?;
-    let dynamodb = Dynalite::start(&root)?;
+    let kinesis = kinesis_local::start(&root)?;
+    let dynamodb = dynalite::start(&root)?;
     println!("kinesis-local on {}, dynalite on {}", kinesis.endpoint, dynamodb.endpoint);
     let aws_env: Vec<(&str, String)> = vec![
         ("AWS_ENDPOINT_URL", kinesis.endpoint.clone()),
@@ -77,7 +77,7 @@ pub fn run(options: &Options) -> Result<()> {
         let mut workers = Vec::new();
         for n in 1..=options.workers {
             let name = format!("worker-{n}");
-            let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+            let metrics = crate::demo::free_addr()?;
             let extra = ["--lease-table", &table, "--worker-id", &name, "--batch-size", "100"];
             let process = spawn_offerd(&root, &streams, &modules, None, &metrics, &aws_env, &extra)?;
             workers.push(Worker {
@@ -187,13 +187,5 @@ fn stop_with_term(mut process: Child) -> Result<()> {
 
 /// `offerd_leases_held` from a worker's metrics.
 fn scrape_leases(addr: &str) -> Result<u64> {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(addr)?;
-    write!(conn, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text)?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("offerd_leases_held ")?.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
-        .context("no offerd_leases_held")
+    Ok(crate::demo::metric(addr, "offerd_leases_held")? as u64)
 }

@@ -123,4 +123,5 @@ pub mod component_edits;
 pub mod dynalite;
 pub mod kinesalite;
 pub mod kinesis_local;
+pub mod local_server;
 pub mod signups;

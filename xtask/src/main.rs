@@ -128,8 +128,8 @@ fn test() -> Result<()> {
     xtask::kinesis_local::npm_ci(&root)?;
     xtask::cargo(&["fmt", "--all", "--check"])?;
     xtask::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
-    let kinesis = xtask::kinesis_local::KinesisLocal::start(&root)?;
-    let dynamodb = xtask::dynalite::Dynalite::start(&root)?;
+    let kinesis = xtask::kinesis_local::start(&root)?;
+    let dynamodb = xtask::dynalite::start(&root)?;
     xtask::cargo_with_env(
         &["test", "--workspace"],
         &[("OFFERD_TEST_KINESIS_ENDPOINT", &kinesis.endpoint), ("OFFERD_TEST_DYNAMODB_ENDPOINT", &dynamodb.endpoint)],
