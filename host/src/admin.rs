@@ -107,8 +107,13 @@ fn answer(result: Result<Result<Arc<crate::enricher::Active>, Refused>, tokio::t
     match result {
         Ok(Ok(active)) => {
             let info = active.rules.module().info();
-            axum::Json(json!({"name": info.name, "version": info.version.to_string(), "digest": info.digest}))
-                .into_response()
+            axum::Json(json!({
+                "name": info.name,
+                "version": info.version.to_string(),
+                "digest": info.digest,
+                "signed_by": info.signed_by,
+            }))
+            .into_response()
         }
         Ok(Err(refused)) => {
             let status = match refused {

@@ -14,13 +14,17 @@ use clap::{Args, Parser, Subcommand};
 use crate::catalog::Catalogs;
 use crate::engine::{Engine, Limits, RegionRules, RuleModule};
 use crate::enricher::{Enricher, Outcome};
+use crate::signing::TrustedKeys;
 use crate::{admin, golden, http_server, module_store, service, stream};
 use run_settings::RunSettings;
 
+mod build;
 mod diff;
 mod lease;
+mod new_rule;
 mod publish;
 mod run_settings;
+mod sign;
 mod wit;
 
 /// Exit status when the set-up (files, modules, catalogs) is unusable.
@@ -55,6 +59,16 @@ enum Command {
     Diff(Box<diff::DiffArgs>),
     /// Write the WIT contract this offerd speaks, for a rule crate's `wit_bindgen::generate!`.
     Wit(wit::WitArgs),
+    /// Create a standalone offer-rule crate: contract, a small real rule,
+    /// native unit tests, catalogs and passing golden cases.
+    NewRule(new_rule::NewRuleArgs),
+    /// Build a rule crate into a component (cargo + built-in wit-component)
+    /// and check it as a publication would be.
+    Build(build::BuildArgs),
+    /// Make an ed25519 key pair for signing modules.
+    Keygen(sign::KeygenArgs),
+    /// Sign a module (wasmsign2 format) so hosts with `--trusted-keys` accept it.
+    Sign(sign::SignArgs),
     /// Inspect the lease table that workers share a stream through.
     #[command(subcommand)]
     Lease(lease::LeaseCommand),
@@ -68,12 +82,17 @@ struct RunArgs {
     #[command(flatten)]
     settings: RunSettings,
     #[command(flatten)]
-    limits: LimitArgs,
+    engine: EngineArgs,
 }
 
-/// Bounds on every module call (production defaults).
+/// The engine every module runs on: bounds on every call (production
+/// defaults) and the keys modules must be signed by.
 #[derive(Args)]
-struct LimitArgs {
+struct EngineArgs {
+    /// Directory of trusted public keys (`<key-id>.pub`, from `offerd keygen`):
+    /// when set, a module not signed by one of them is refused.
+    #[arg(long, value_name = "DIR")]
+    trusted_keys: Option<PathBuf>,
     /// Longest a module call (a whole batch) may run.
     #[arg(long, value_name = "MS", default_value_t = Limits::default().call_timeout.as_millis() as u64)]
     call_timeout_ms: u64,
@@ -89,9 +108,13 @@ struct LimitArgs {
     max_module_mib: usize,
 }
 
-impl LimitArgs {
+impl EngineArgs {
     fn engine(&self) -> anyhow::Result<Engine> {
-        Engine::new(self.limits())
+        Ok(Engine::new(self.limits())?.trusting(self.trusted_keys()?))
+    }
+
+    fn trusted_keys(&self) -> anyhow::Result<Option<Arc<TrustedKeys>>> {
+        self.trusted_keys.as_deref().map(|dir| TrustedKeys::load(dir).map(Arc::new)).transpose()
     }
 
     fn limits(&self) -> Limits {
@@ -125,7 +148,7 @@ struct EnrichArgs {
     #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch_size: u32,
     #[command(flatten)]
-    limits: LimitArgs,
+    engine: EngineArgs,
 }
 
 #[derive(Args)]
@@ -140,7 +163,7 @@ struct TestArgs {
     #[arg(required = true, value_name = "CASE")]
     cases: Vec<PathBuf>,
     #[command(flatten)]
-    limits: LimitArgs,
+    engine: EngineArgs,
 }
 
 /// Runs `offerd` with the process's arguments.
@@ -160,6 +183,10 @@ pub fn main() -> ExitCode {
         Command::Lease(command) => lease::run(&command),
         Command::Wit(args) => wit::run(&args),
         Command::Diff(args) => diff::run(&args),
+        Command::NewRule(args) => new_rule::run(&args),
+        Command::Build(args) => build::run(&args),
+        Command::Keygen(args) => sign::keygen(&args),
+        Command::Sign(args) => sign::sign(&args),
     };
     match result {
         Ok(code) => code,
@@ -176,7 +203,7 @@ fn create(path: &Path) -> anyhow::Result<Box<dyn Write>> {
 
 fn enrich(args: &EnrichArgs) -> anyhow::Result<ExitCode> {
     let catalogs = Arc::new(Catalogs::load(&args.catalogs)?);
-    let engine = args.limits.engine()?;
+    let engine = args.engine.engine()?;
     let loaded = module_store::load(&engine, &args.modules, &catalogs)?;
     let enricher = Enricher::new(catalogs, loaded);
 
@@ -272,7 +299,7 @@ impl LineBatches {
 
 fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
     let catalog = Arc::new(Catalogs::load_region_file(&args.catalog)?);
-    let engine = args.limits.engine()?;
+    let engine = args.engine.engine()?;
     let bytes = std::fs::read(&args.module).with_context(|| format!("reading {}", args.module.display()))?;
     let module = RuleModule::load(&engine, &bytes).with_context(|| format!("loading {}", args.module.display()))?;
     let rules = RegionRules::new(Arc::new(module), catalog)
@@ -293,6 +320,7 @@ fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let settings = args.settings.resolve(args.config.as_deref())?;
+    let trusted_keys = args.engine.trusted_keys()?;
     let admin_token = settings.admin_token_file.as_deref().map(admin::read_token).transpose()?;
     let admin_tls = settings.admin_tls.as_ref().map(|(cert, key)| crate::tls::server_config(cert, key)).transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
@@ -317,7 +345,8 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             modules: settings.modules,
             catalogs: settings.catalogs,
             checkpoints,
-            limits: args.limits.limits(),
+            limits: args.engine.limits(),
+            trusted_keys,
             stall_after: settings.stall_after,
         };
         let mut listeners = service::Listeners::default();

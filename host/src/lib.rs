@@ -9,6 +9,7 @@
 //! - [`module_store`]: the directory of `<region>.wasm` modules.
 //! - [`enricher`]: one batch of raw records in, one output or dead letter per record out.
 //! - [`record`]: the offer-record and dead-letter wire formats.
+//! - [`signing`]: ed25519 module signatures (wasmsign2) and trusted keys.
 //! - [`golden`]: golden cases for `offerd test`.
 //! - [`stream`]: `offerd run`, the Kinesis consumer.
 //! - [`metrics`]: Prometheus metrics and health endpoints of `offerd run`.
@@ -34,6 +35,7 @@ pub mod module_store;
 pub mod record;
 pub mod rollout;
 pub mod service;
+pub mod signing;
 pub mod signup;
 pub mod stream;
 #[cfg(test)]

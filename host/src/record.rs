@@ -57,11 +57,19 @@ pub struct RuleRef<'a> {
     pub name: &'a str,
     pub version: String,
     pub digest: &'a str,
+    /// Key id of the trusted key that signed the module, when the host checks signatures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<&'a str>,
 }
 
 impl<'a> From<&'a ModuleInfo> for RuleRef<'a> {
     fn from(info: &'a ModuleInfo) -> Self {
-        Self { name: &info.name, version: info.version.to_string(), digest: &info.digest }
+        Self {
+            name: &info.name,
+            version: info.version.to_string(),
+            digest: &info.digest,
+            signed_by: info.signed_by.as_deref(),
+        }
     }
 }
 

@@ -153,6 +153,8 @@ pub struct ModuleStatus {
     pub name: String,
     pub version: String,
     pub digest: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub loaded_at: time::OffsetDateTime,
 }
@@ -164,6 +166,7 @@ impl ModuleStatus {
             name: info.name.clone(),
             version: info.version.to_string(),
             digest: info.digest.clone(),
+            signed_by: info.signed_by.clone(),
             loaded_at: active.since.into(),
         }
     }

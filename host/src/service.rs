@@ -17,6 +17,7 @@ use crate::engine::{Engine, Limits};
 use crate::metrics::{self, Metrics};
 use crate::module_store::ModuleStore;
 use crate::rollout::{self, Rollout};
+use crate::signing::TrustedKeys;
 use crate::stream::checkpoint::{CheckpointStore, FileCheckpoints};
 use crate::stream::lease::{LeaseSettings, LeaseTable, Leases};
 use crate::stream::{self, RunConfig};
@@ -33,6 +34,8 @@ pub struct Settings {
     pub catalogs: PathBuf,
     pub checkpoints: Checkpoints,
     pub limits: Limits,
+    /// When set, every module (at start-up and published) must be signed by one of these keys.
+    pub trusted_keys: Option<Arc<TrustedKeys>>,
     /// See [`Metrics::stalled_shards`].
     pub stall_after: Duration,
 }
@@ -75,7 +78,7 @@ pub async fn run(
     client: aws_sdk_kinesis::Client,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let Settings { stream: config, modules, catalogs, checkpoints, limits, stall_after } = settings;
+    let Settings { stream: config, modules, catalogs, checkpoints, limits, trusted_keys, stall_after } = settings;
     let metrics = Arc::new(Metrics::new(stall_after));
     let input_stream = config.input_stream.clone();
     let started_metrics = metrics.clone();
@@ -101,7 +104,7 @@ pub async fn run(
             ),
         };
         let loaded = Arc::new(Catalogs::load(&catalogs)?);
-        let engine = Engine::new(limits)?;
+        let engine = Engine::new(limits)?.trusting(trusted_keys);
         let (enricher, rollout) =
             Rollout::start(engine, ModuleStore::open(&modules)?, &catalogs, loaded, started_metrics)?;
         anyhow::Ok((store, enricher, Arc::new(rollout)))

@@ -15,7 +15,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::{Value, json};
 
-use super::{LimitArgs, LineBatches};
+use super::{EngineArgs, LineBatches};
 use crate::catalog::Catalogs;
 use crate::engine::{Engine, RegionRules, RuleModule};
 use crate::enricher::{Enricher, Outcome};
@@ -39,7 +39,7 @@ pub(super) struct DiffArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    limits: LimitArgs,
+    engine: EngineArgs,
 }
 
 /// How one record's outcome changed.
@@ -137,7 +137,7 @@ fn load(engine: &Engine, path: &Path, catalogs: &Catalogs) -> anyhow::Result<Arc
 
 pub(super) fn run(args: &DiffArgs) -> anyhow::Result<ExitCode> {
     let catalogs = Catalogs::load(&args.catalogs)?;
-    let engine = args.limits.engine()?;
+    let engine = args.engine.engine()?;
     let (from, to) = (load(&engine, &args.from, &catalogs)?, load(&engine, &args.to, &catalogs)?);
     let input = File::open(&args.input).with_context(|| format!("opening {}", args.input.display()))?;
     let mut lines = LineBatches { input: Box::new(BufReader::new(input)), batch_size: 500 };

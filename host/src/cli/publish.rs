@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use reqwest::Method;
 
-use super::LimitArgs;
+use super::EngineArgs;
 use crate::catalog::Catalogs;
 use crate::module_store::ModuleStore;
 use crate::rollout;
@@ -36,7 +36,7 @@ pub(super) struct PublishArgs {
     #[command(flatten)]
     admin: AdminArgs,
     #[command(flatten)]
-    limits: LimitArgs,
+    engine: EngineArgs,
 }
 
 #[derive(Args)]
@@ -76,7 +76,7 @@ pub(super) fn publish(args: &PublishArgs) -> anyhow::Result<ExitCode> {
         Some(file) => golden::load(std::slice::from_ref(file))?,
         None => Vec::new(),
     };
-    let engine = args.limits.engine()?;
+    let engine = args.engine.engine()?;
     let rules = rollout::gate(&engine, &bytes, Arc::new(catalog), &cases)
         .with_context(|| format!("{} refused for {region}", args.module.display()))?;
     let info = rules.module().info();

@@ -14,7 +14,12 @@ use clap::Args;
 const CONTRACTS: &[(&str, &str)] = &[("1.0.0", include_str!("../../../wit/offers-rules.wit"))];
 
 /// The file name inside the written directory.
-const FILE: &str = "offers-rules.wit";
+pub(super) const FILE: &str = "offers-rules.wit";
+
+/// The newest contract this binary speaks: (version, WIT).
+pub(super) fn newest() -> (&'static str, &'static str) {
+    CONTRACTS[CONTRACTS.len() - 1]
+}
 
 #[derive(Args)]
 pub(super) struct WitArgs {
@@ -28,7 +33,7 @@ pub(super) struct WitArgs {
 
 pub(super) fn run(args: &WitArgs) -> anyhow::Result<ExitCode> {
     let (version, wit) = match &args.version {
-        None => CONTRACTS[CONTRACTS.len() - 1],
+        None => newest(),
         Some(wanted) => match CONTRACTS.iter().find(|(v, _)| v == wanted) {
             Some(contract) => *contract,
             None => {

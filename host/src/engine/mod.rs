@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::signing::TrustedKeys;
+
 pub use limits::Limits;
 pub use module::{ModuleError, ModuleInfo, RuleModule, digest};
 pub use region::{Failure, FailureKind, Offer, RegionRules};
@@ -38,6 +40,8 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub struct Engine {
     inner: wasmtime::Engine,
     limits: Limits,
+    /// When set, a module must be signed by one of these keys to load.
+    trusted_keys: Option<Arc<TrustedKeys>>,
     _ticker: Arc<Ticker>,
 }
 
@@ -56,7 +60,14 @@ impl Engine {
         config.parallel_compilation(false);
         let inner = wasmtime::Engine::new(&config)?;
         let ticker = Ticker::start(inner.clone());
-        Ok(Self { inner, limits, _ticker: Arc::new(ticker) })
+        Ok(Self { inner, limits, trusted_keys: None, _ticker: Arc::new(ticker) })
+    }
+
+    /// This engine, loading only modules signed by one of `keys`.
+    #[must_use]
+    pub fn trusting(mut self, keys: Option<Arc<TrustedKeys>>) -> Self {
+        self.trusted_keys = keys;
+        self
     }
 
     pub fn limits(&self) -> &Limits {

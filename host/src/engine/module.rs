@@ -24,6 +24,8 @@ pub enum ModuleError {
     BadMetadata(String),
     #[error("module failed in {call}: {detail}")]
     Failed { call: &'static str, detail: String },
+    #[error(transparent)]
+    Untrusted(#[from] crate::signing::SignatureError),
     #[error("module refused the {region} catalog: {field}: {reason}")]
     CatalogRefused { region: String, field: String, reason: String },
 }
@@ -35,6 +37,9 @@ pub struct ModuleInfo {
     pub version: semver::Version,
     /// `sha256:<hex>` of the component's bytes: names the exact build.
     pub digest: String,
+    /// Key id of the trusted key that signed it; `None` when the host
+    /// checks no signatures (`--trusted-keys` unset).
+    pub signed_by: Option<String>,
 }
 
 /// Per-store state: only the memory limiter.
@@ -67,6 +72,7 @@ impl RuleModule {
             return Err(ModuleError::TooLarge { bytes: bytes.len(), limit });
         }
         let digest = digest(bytes);
+        let signed_by = engine.trusted_keys.as_ref().map(|keys| keys.verify(bytes)).transpose()?;
         let component =
             Component::new(&engine.inner, bytes).map_err(|e| ModuleError::NotAComponent(format!("{e:#}")))?;
         let ty = component.component_type();
@@ -86,7 +92,7 @@ impl RuleModule {
         let mut module = Self {
             engine: engine.clone(),
             pre,
-            info: ModuleInfo { name: String::new(), version: semver::Version::new(0, 0, 0), digest },
+            info: ModuleInfo { name: String::new(), version: semver::Version::new(0, 0, 0), digest, signed_by },
         };
         let (mut store, bindings) = module.instantiate().map_err(|e| failed("instantiate", &e))?;
         let meta = bindings.offers_rules_rules().call_metadata(&mut store).map_err(|e| failed("metadata", &e))?;

@@ -41,7 +41,12 @@ fn catalog() -> RegionCatalog {
 
 #[test]
 fn offer_record_has_the_documented_shape_and_escapes_strings() {
-    let info = ModuleInfo { name: "rules".into(), version: semver::Version::new(1, 2, 3), digest: "sha256:abc".into() };
+    let info = ModuleInfo {
+        name: "rules".into(),
+        version: semver::Version::new(1, 2, 3),
+        digest: "sha256:abc".into(),
+        signed_by: None,
+    };
     let encoder = OfferEncoder::new(&catalog(), &info);
     let input = br#"{"user_id": "u-\"1\"\n", "location": {"country": "DE"}}"#;
     let signup = SignUp::decode(input).unwrap();
@@ -120,7 +125,12 @@ fn a_huge_input_is_cut_in_its_dead_letter_with_size_and_digest() {
 
 #[test]
 fn stream_outputs_name_their_source_as_their_last_field() {
-    let info = ModuleInfo { name: "rules".into(), version: semver::Version::new(1, 0, 0), digest: "sha256:abc".into() };
+    let info = ModuleInfo {
+        name: "rules".into(),
+        version: semver::Version::new(1, 0, 0),
+        digest: "sha256:abc".into(),
+        signed_by: None,
+    };
     let encoder = OfferEncoder::new(&catalog(), &info);
     let signup = SignUp::decode(br#"{"user_id": "u", "location": {"country": "DE"}}"#).unwrap();
     let source = RecordSource { shard_id: "shardId-1", sequence_number: "4900", sub_sequence_number: Some(3) };
