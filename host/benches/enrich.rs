@@ -152,7 +152,15 @@ impl Native {
                 let signup = match SignUp::decode(input) {
                     Ok(s) => s,
                     Err(e) => {
-                        record::write_dead_letter(&mut line, Reason::InvalidRecord, &e.to_string(), None, input, None);
+                        record::write_dead_letter(
+                            &mut line,
+                            Reason::InvalidRecord,
+                            &e.to_string(),
+                            None,
+                            None,
+                            input,
+                            None,
+                        );
                         return Outcome::DeadLetter { reason: Reason::InvalidRecord, line };
                     }
                 };
@@ -187,6 +195,7 @@ impl Native {
                             Reason::RuleRejected,
                             &format!("{e:?}"),
                             None,
+                            Some(signup.user_id.as_ref()),
                             input,
                             None,
                         );

@@ -12,10 +12,10 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::catalog::Catalogs;
-use crate::engine::{Engine, Limits, RegionRules, RuleModule};
+use crate::engine::{Engine, Limits};
 use crate::enricher::{Enricher, Outcome};
 use crate::signing::TrustedKeys;
-use crate::{admin, golden, http_server, module_store, service, stream};
+use crate::{admin, http_server, module_store, service, stream};
 use run_settings::RunSettings;
 
 mod build;
@@ -25,6 +25,7 @@ mod new_rule;
 mod publish;
 mod run_settings;
 mod sign;
+mod test;
 mod wit;
 
 /// Exit status when the set-up (files, modules, catalogs) is unusable.
@@ -46,7 +47,7 @@ enum Command {
     /// Enrich JSON-lines sign-ups: one offer record or dead letter per input line.
     Enrich(EnrichArgs),
     /// Run golden cases against a module and a region's catalog.
-    Test(TestArgs),
+    Test(test::TestArgs),
     /// Consume a Kinesis stream of sign-ups until SIGINT/SIGTERM.
     Run(Box<RunArgs>),
     /// Validate a module for a region (contract, init with the catalog, golden
@@ -151,21 +152,6 @@ struct EnrichArgs {
     engine: EngineArgs,
 }
 
-#[derive(Args)]
-struct TestArgs {
-    /// The module under test.
-    #[arg(long, value_name = "FILE")]
-    module: PathBuf,
-    /// The region's catalog; `regions.toml` must sit beside it.
-    #[arg(long, value_name = "FILE")]
-    catalog: PathBuf,
-    /// Golden-case files (JSON).
-    #[arg(required = true, value_name = "CASE")]
-    cases: Vec<PathBuf>,
-    #[command(flatten)]
-    engine: EngineArgs,
-}
-
 /// Runs `offerd` with the process's arguments.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -176,7 +162,7 @@ pub fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Enrich(args) => enrich(&args),
-        Command::Test(args) => test(&args),
+        Command::Test(args) => test::run(&args),
         Command::Run(args) => run(*args),
         Command::Publish(args) => publish::publish(&args),
         Command::Rollback(args) => publish::rollback(&args),
@@ -295,27 +281,6 @@ impl LineBatches {
             }
         }
     }
-}
-
-fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
-    let catalog = Arc::new(Catalogs::load_region_file(&args.catalog)?);
-    let engine = args.engine.engine()?;
-    let bytes = std::fs::read(&args.module).with_context(|| format!("reading {}", args.module.display()))?;
-    let module = RuleModule::load(&engine, &bytes).with_context(|| format!("loading {}", args.module.display()))?;
-    let rules = RegionRules::new(Arc::new(module), catalog)
-        .with_context(|| format!("starting {} with {}", args.module.display(), args.catalog.display()))?;
-    let cases = golden::load(&args.cases)?;
-    let verdicts = golden::run(&rules, &cases);
-    let mut out = io::stdout().lock();
-    let failed = verdicts.iter().filter(|v| v.failure.is_some()).count();
-    for v in &verdicts {
-        match &v.failure {
-            None => writeln!(out, "ok   {}", golden::label(&v.file, &v.name))?,
-            Some(why) => writeln!(out, "FAIL {}\n{why}", golden::label(&v.file, &v.name))?,
-        }
-    }
-    writeln!(out, "{} passed, {failed} failed", verdicts.len() - failed)?;
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {

@@ -163,14 +163,15 @@ impl Enricher {
             let signup = match SignUp::decode(input) {
                 Ok(s) => s,
                 Err(e) => {
-                    outcomes[i] = Some(dead(Reason::InvalidRecord, &e.to_string(), None, input, source(i)));
+                    outcomes[i] = Some(dead(Reason::InvalidRecord, &e.to_string(), None, None, input, source(i)));
                     continue;
                 }
             };
             let region = match self.route(&signup) {
                 Route::Region(region) => region,
                 Route::Unknown(why) => {
-                    outcomes[i] = Some(dead(Reason::UnknownRegion, &why, None, input, source(i)));
+                    outcomes[i] =
+                        Some(dead(Reason::UnknownRegion, &why, None, Some(&signup.user_id), input, source(i)));
                     continue;
                 }
             };
@@ -187,7 +188,8 @@ impl Enricher {
                 }
                 Serving::Unserved(why) => {
                     let why = format!("region {region} has no usable module: {why}");
-                    outcomes[i] = Some(dead(Reason::UnknownRegion, &why, None, input, source(i)));
+                    outcomes[i] =
+                        Some(dead(Reason::UnknownRegion, &why, None, Some(&signup.user_id), input, source(i)));
                 }
             }
         }
@@ -204,6 +206,9 @@ impl Enricher {
                 offers: 0,
                 failures: 0,
             };
+            // A module failing on many records logs once per batch: the first
+            // record's user and where the guest failed, and how many more.
+            let (mut module_failures, mut first_failure) = (0usize, None);
             for ((i, signup), result) in positions.into_iter().zip(&signups).zip(results) {
                 let ok = result.is_ok();
                 tally.offers += u64::from(ok);
@@ -222,9 +227,28 @@ impl Enricher {
                             FailureKind::Memory => Reason::ModuleMemory,
                             FailureKind::BadResult => Reason::ModuleBadResult,
                         };
-                        dead(reason, &failure.detail, Some(RuleRef::from(info)), inputs[i], source(i))
+                        if reason != Reason::RuleRejected {
+                            module_failures += 1;
+                            if module_failures == 1 {
+                                first_failure = Some((reason, signup.user_id.to_string(), failure.detail.clone()));
+                            }
+                        }
+                        let user_id = Some(signup.user_id.as_ref());
+                        dead(reason, &failure.detail, Some(RuleRef::from(info)), user_id, inputs[i], source(i))
                     }
                 });
+            }
+            if let Some((reason, user_id, detail)) = first_failure {
+                tracing::warn!(
+                    region = %tally.region,
+                    module = %info.name,
+                    version = %info.version,
+                    reason = reason.as_str(),
+                    user_id = %record::truncated(&user_id, record::MAX_PARTITION_KEY_CHARS),
+                    detail = %record::truncated(detail.lines().next().unwrap_or_default(), 512),
+                    more_in_batch = module_failures - 1,
+                    "module failed on a record; dead-lettered"
+                );
             }
             tallies.push(tally);
         }
@@ -257,10 +281,11 @@ fn dead(
     reason: Reason,
     detail: &str,
     rule: Option<RuleRef<'_>>,
+    user_id: Option<&str>,
     input: &[u8],
     source: Option<&RecordSource<'_>>,
 ) -> Outcome {
     let mut line = Vec::with_capacity(input.len().min(record::MAX_DEAD_LETTER_INPUT) + 256);
-    record::write_dead_letter(&mut line, reason, detail, rule, input, source);
+    record::write_dead_letter(&mut line, reason, detail, rule, user_id, input, source);
     Outcome::DeadLetter { reason, line }
 }

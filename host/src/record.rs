@@ -202,6 +202,9 @@ struct DeadLetter<'a> {
     reason: Reason,
     detail: &'a str,
     rule: Option<RuleRef<'a>>,
+    /// The sign-up's user, when the record decoded (cut to a partition key's length).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<&'a str>,
     input: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     input_encoding: Option<&'static str>,
@@ -230,12 +233,14 @@ pub fn truncated(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
 /// base64 (with `"input_encoding": "base64"`) when it is not UTF-8; past
 /// [`MAX_DEAD_LETTER_INPUT`] bytes only its start is kept, with
 /// `"input_truncated": true`, `input_bytes` and `input_sha256` of the whole.
-/// The detail is cut at [`MAX_DETAIL`]. `source` names the stream record.
+/// The detail is cut at [`MAX_DETAIL`], the user id at a partition key's
+/// length. `source` names the stream record.
 pub fn write_dead_letter(
     out: &mut Vec<u8>,
     reason: Reason,
     detail: &str,
     rule: Option<RuleRef<'_>>,
+    user_id: Option<&str>,
     input: &[u8],
     source: Option<&RecordSource<'_>>,
 ) {
@@ -259,10 +264,12 @@ pub fn write_dead_letter(
         }
     };
     let detail = truncated(detail, MAX_DETAIL);
+    let user_id = user_id.map(|u| truncated(u, MAX_PARTITION_KEY_CHARS));
     let letter = DeadLetter {
         reason,
         detail: &detail,
         rule,
+        user_id: user_id.as_deref(),
         input: kept,
         input_encoding,
         input_truncated,
@@ -280,6 +287,7 @@ pub fn write_output_rejected(out: &mut Vec<u8>, detail: &str, source: &RecordSou
         reason: Reason::OutputRejected,
         detail: &truncated(detail, MAX_DETAIL),
         rule: None,
+        user_id: None,
         input: "",
         input_encoding: None,
         input_truncated: true,

@@ -140,6 +140,23 @@ fn module_faults_become_dead_letters_and_the_run_goes_on() {
         .map(|d| d["reason"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(reasons, ["module-trap", "module-timeout", "module-memory"]);
+    let dead_users: Vec<String> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|d| d["user_id"].as_str().unwrap_or("<none>").to_owned())
+        .collect();
+    assert_eq!(dead_users, ["u1", "u2", "u3"]);
+    // One log line for the batch: the first failing record's user, where
+    // the guest trapped, and how many more failed with it.
+    let logged: Vec<&str> = stderr.lines().filter(|l| l.contains("module failed on a record")).collect();
+    assert_eq!(logged.len(), 1, "{stderr}");
+    assert!(logged[0].contains("user_id=u1") && logged[0].contains("reason=\"module-trap\""), "{}", logged[0]);
+    // misbehave panics in its export itself: that is the guest function named.
+    assert!(
+        logged[0].contains("in offers:rules/rules@1.0.0#enrich") && logged[0].contains("more_in_batch=2"),
+        "{}",
+        logged[0]
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod cli_wit;
 mod engine;
 mod leases;
 mod rollout;
+mod rule_author;
 mod stream;
 
 use std::path::PathBuf;

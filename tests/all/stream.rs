@@ -137,6 +137,16 @@ impl Kinesis {
         Offerd(Some(command.spawn().unwrap()))
     }
 
+    /// The environment that points an AWS SDK client at this account.
+    pub(super) fn env(&self) -> [(&'static str, String); 4] {
+        [
+            ("AWS_ENDPOINT_URL", endpoint()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", self.account.clone()),
+            ("AWS_SECRET_ACCESS_KEY", "secret".into()),
+        ]
+    }
+
     /// `offerd run` on `streams`, through this account, without checkpoint
     /// settings.
     pub(super) fn offerd_command(&self, streams: &Streams, modules: &Path, catalogs: &Path) -> Command {
@@ -148,10 +158,7 @@ impl Kinesis {
             .arg(modules)
             .arg("--catalogs")
             .arg(catalogs)
-            .env("AWS_ENDPOINT_URL", endpoint())
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", &self.account)
-            .env("AWS_SECRET_ACCESS_KEY", "secret")
+            .envs(self.env())
             .env("OFFERD_LOG", std::env::var("OFFERD_TEST_LOG").as_deref().unwrap_or("warn"))
             .stdout(Stdio::null());
         command

@@ -1,7 +1,7 @@
 //! `offerd new-rule DIR`: a standalone rule crate that builds, tests and
 //! publishes with nothing but cargo and offerd: the contract from this
-//! binary, a small real rule with native unit tests, the catalogs, and
-//! golden cases that pass.
+//! binary, a small real rule with native unit tests, the catalogs, golden
+//! cases that pass, and sample sign-ups for `offerd diff`.
 //!
 //! The cases are computed by the template's own rules, compiled into offerd
 //! from the very file the crate gets, on the catalogs the crate gets: they
@@ -98,6 +98,8 @@ pub(super) fn run(args: &NewRuleArgs) -> anyhow::Result<ExitCode> {
         write(&dir.join("cases").join(format!("{}.json", catalog.region)), &text)?;
         regions.push(format!("{} ({} cases)", catalog.region, cases.len()));
     }
+    let samples = sample_signups(&catalogs);
+    write(&dir.join("samples").join("signups.jsonl"), &samples.join("\n"))?;
     println!("created {name} in {} (offers:rules@{version})", dir.display());
     println!("golden cases: {}", regions.join(", "));
     println!("next: cd {} && cargo test && offerd build --release   (see README.md)", dir.display());
@@ -204,6 +206,29 @@ fn golden_cases(catalogs: &Catalogs, catalog: &RegionCatalog) -> Vec<serde_json:
         }
     }
     cases
+}
+
+/// Sample traffic for `offerd diff` and `offerd enrich`: per region, a
+/// sign-up at each of its largest metros, both segments.
+fn sample_signups(catalogs: &Catalogs) -> Vec<String> {
+    const METROS_PER_REGION: usize = 100;
+    let mut lines = Vec::new();
+    for catalog in catalogs.regions() {
+        let mut metros: Vec<_> = catalog.metros.iter().collect();
+        metros.sort_by_key(|m| std::cmp::Reverse(m.population));
+        for (i, m) in metros.iter().take(METROS_PER_REGION).enumerate() {
+            for segment in ["residential", "business"] {
+                let user = format!("{}-{i}-{segment}", catalog.region);
+                let signup = json!({
+                    "user_id": user,
+                    "location": {"country": m.country, "lat": m.lat, "lon": m.lon},
+                    "segment": segment,
+                });
+                lines.push(signup.to_string());
+            }
+        }
+    }
+    lines
 }
 
 #[cfg(test)]

@@ -78,11 +78,11 @@ fn offer_record_has_the_documented_shape_and_escapes_strings() {
 #[test]
 fn dead_letter_keeps_utf8_input_verbatim_and_other_bytes_as_base64() {
     let mut line = Vec::new();
-    write_dead_letter(&mut line, Reason::InvalidRecord, "bad", None, "{\"ü\"".as_bytes(), None);
+    write_dead_letter(&mut line, Reason::InvalidRecord, "bad", None, None, "{\"ü\"".as_bytes(), None);
     let v: Value = serde_json::from_slice(&line).unwrap();
     assert_eq!(v, json!({"reason": "invalid-record", "detail": "bad", "rule": null, "input": "{\"ü\""}));
     line.clear();
-    write_dead_letter(&mut line, Reason::ModuleTrap, "boom", None, &[0xff, 0x00], None);
+    write_dead_letter(&mut line, Reason::ModuleTrap, "boom", None, None, &[0xff, 0x00], None);
     let v: Value = serde_json::from_slice(&line).unwrap();
     assert_eq!(v["input"], "/wA=");
     assert_eq!(v["input_encoding"], "base64");
@@ -94,7 +94,7 @@ fn a_huge_input_is_cut_in_its_dead_letter_with_size_and_digest() {
     let mut line = Vec::new();
     // Invalid UTF-8, 1,000,000 bytes: base64 of all of it would be 1.33 MB.
     let input = vec![0xffu8; 1_000_000];
-    write_dead_letter(&mut line, Reason::InvalidRecord, &"d".repeat(100_000), None, &input, None);
+    write_dead_letter(&mut line, Reason::InvalidRecord, &"d".repeat(100_000), None, None, &input, None);
     assert!(line.len() < 100 * 1024, "dead letter is {} bytes", line.len());
     let v: Value = serde_json::from_slice(&line).unwrap();
     assert_eq!(v["input_truncated"], true);
@@ -105,20 +105,20 @@ fn a_huge_input_is_cut_in_its_dead_letter_with_size_and_digest() {
 
     // Control characters escape to six bytes each: still far below 1 MiB.
     line.clear();
-    write_dead_letter(&mut line, Reason::InvalidRecord, "x", None, &vec![1u8; 1_000_000], None);
+    write_dead_letter(&mut line, Reason::InvalidRecord, "x", None, None, &vec![1u8; 1_000_000], None);
     assert!(line.len() < 400 * 1024, "dead letter is {} bytes", line.len());
 
     // A UTF-8 input cut inside a character keeps whole characters, unencoded.
     line.clear();
     let text = "ü".repeat(MAX_DEAD_LETTER_INPUT);
-    write_dead_letter(&mut line, Reason::InvalidRecord, "x", None, text.as_bytes(), None);
+    write_dead_letter(&mut line, Reason::InvalidRecord, "x", None, None, text.as_bytes(), None);
     let v: Value = serde_json::from_slice(&line).unwrap();
     assert_eq!(v.get("input_encoding"), None);
     assert_eq!(v["input"].as_str().unwrap().len(), MAX_DEAD_LETTER_INPUT);
 
     // Small inputs carry no truncation fields.
     line.clear();
-    write_dead_letter(&mut line, Reason::InvalidRecord, "x", None, b"{}", None);
+    write_dead_letter(&mut line, Reason::InvalidRecord, "x", None, None, b"{}", None);
     let v: Value = serde_json::from_slice(&line).unwrap();
     assert_eq!((v.get("input_truncated"), v.get("input_bytes")), (None, None));
 }
@@ -141,7 +141,7 @@ fn stream_outputs_name_their_source_as_their_last_field() {
     assert_eq!(v["rule"]["name"], "rules");
     line.clear();
     let plain = RecordSource { sub_sequence_number: None, ..source };
-    write_dead_letter(&mut line, Reason::InvalidRecord, "x", None, b"{}", Some(&plain));
+    write_dead_letter(&mut line, Reason::InvalidRecord, "x", None, None, b"{}", Some(&plain));
     let v: Value = serde_json::from_slice(&line).unwrap();
     assert_eq!(v["source"], json!({"shard_id": "shardId-1", "sequence_number": "4900"}));
 }

@@ -76,6 +76,7 @@ pub fn prepare(enricher: &Enricher, shard_id: &str, records: &[Record], max_aggr
                     Reason::InvalidRecord,
                     why,
                     None,
+                    None,
                     record.data().as_ref(),
                     Some(&source),
                 );
