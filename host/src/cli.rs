@@ -88,7 +88,7 @@ struct RunArgs {
 
 /// The engine every module runs on: bounds on every call (production
 /// defaults) and the keys modules must be signed by.
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct EngineArgs {
     /// Directory of trusted public keys (`<key-id>.pub`, from `offerd keygen`):
     /// when set, a module not signed by one of them is refused.

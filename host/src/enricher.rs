@@ -244,8 +244,9 @@ impl Enricher {
                     module = %info.name,
                     version = %info.version,
                     reason = reason.as_str(),
-                    user_id = %record::truncated(&user_id, record::MAX_PARTITION_KEY_CHARS),
-                    detail = %record::truncated(detail.lines().next().unwrap_or_default(), 512),
+                    // Debug formatting: a record's text cannot forge log lines.
+                    user_id = ?user_id,
+                    detail = ?record::truncated(detail.lines().next().unwrap_or_default(), 512),
                     more_in_batch = module_failures - 1,
                     "module failed on a record; dead-lettered"
                 );

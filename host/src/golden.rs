@@ -135,7 +135,8 @@ fn check(rules: &RegionRules, case: &Case) -> (Result<(), String>, Option<Expect
     (verdict, answer)
 }
 
-/// Offers as a case expects them: plan ids, with the promo where there is one.
+/// Offers as a case expects them, strictly: each plan with its promo or
+/// `null` (a bare plan id would accept any promo).
 fn as_expected(rules: &RegionRules, offers: &[Offer]) -> Vec<ExpectedOffer> {
     let catalog = rules.catalog();
     offers
@@ -144,7 +145,7 @@ fn as_expected(rules: &RegionRules, offers: &[Offer]) -> Vec<ExpectedOffer> {
             let plan_id = catalog.plans[o.plan].id.clone();
             match o.promo {
                 Some((p, _)) => ExpectedOffer::WithPromo { plan_id, promo: Some(catalog.promos[p].id.clone()) },
-                None => ExpectedOffer::Plan(plan_id),
+                None => ExpectedOffer::WithPromo { plan_id, promo: None },
             }
         })
         .collect()

@@ -202,7 +202,7 @@ struct DeadLetter<'a> {
     reason: Reason,
     detail: &'a str,
     rule: Option<RuleRef<'a>>,
-    /// The sign-up's user, when the record decoded (cut to a partition key's length).
+    /// The sign-up's user, when the record decoded (a partition key's length at most).
     #[serde(skip_serializing_if = "Option::is_none")]
     user_id: Option<&'a str>,
     input: &'a str,
@@ -233,8 +233,8 @@ pub fn truncated(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
 /// base64 (with `"input_encoding": "base64"`) when it is not UTF-8; past
 /// [`MAX_DEAD_LETTER_INPUT`] bytes only its start is kept, with
 /// `"input_truncated": true`, `input_bytes` and `input_sha256` of the whole.
-/// The detail is cut at [`MAX_DETAIL`], the user id at a partition key's
-/// length. `source` names the stream record.
+/// The detail is cut at [`MAX_DETAIL`]; `user_id` is a decoded sign-up's,
+/// so a valid partition key. `source` names the stream record.
 pub fn write_dead_letter(
     out: &mut Vec<u8>,
     reason: Reason,
@@ -264,12 +264,11 @@ pub fn write_dead_letter(
         }
     };
     let detail = truncated(detail, MAX_DETAIL);
-    let user_id = user_id.map(|u| truncated(u, MAX_PARTITION_KEY_CHARS));
     let letter = DeadLetter {
         reason,
         detail: &detail,
         rule,
-        user_id: user_id.as_deref(),
+        user_id,
         input: kept,
         input_encoding,
         input_truncated,

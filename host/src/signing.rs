@@ -30,6 +30,8 @@ pub enum SignatureError {
     UnknownKey { found: String, dir: String, trusted: String },
     #[error("module's signature by key {found} does not verify (the module was changed after signing)")]
     Invalid { found: String },
+    #[error("module's signature cannot be read: {0}")]
+    Malformed(String),
 }
 
 /// The public keys a module must be signed by, from a `--trusted-keys` directory.
@@ -63,26 +65,31 @@ impl TrustedKeys {
 
     /// The key id of the trusted key that signed `module`.
     ///
+    /// wasmsign2 allocates whatever a length field in the signature section
+    /// claims, so the section is walked here first with every length checked
+    /// against the bytes there are; only a well-formed section reaches it.
+    ///
     /// # Errors
     /// A [`SignatureError`] naming the key ids found in the module, if any.
     pub fn verify(&self, module: &[u8]) -> Result<String, SignatureError> {
-        let found = signers(module);
+        let claimed = match SignatureSection::parse(module) {
+            Ok(None) => return Err(SignatureError::Unsigned { dir: self.dir_shown(), trusted: self.ids() }),
+            Err(why) => return Err(SignatureError::Malformed(why)),
+            Ok(Some(section)) => section.key_ids,
+        };
         let verified = self.keys.verify(&mut Cursor::new(module), None).ok().and_then(|valid| {
             // `valid` is never empty on success; take the lowest id for a stable answer.
             valid.iter().map(|k| key_id(k)).min()
         });
-        match verified {
-            Some(id) => Ok(id),
-            None if found.is_empty() => Err(SignatureError::Unsigned { dir: self.dir_shown(), trusted: self.ids() }),
-            None => {
-                let trusted_signer = self.keys.items().iter().any(|k| found.contains(&key_id(k)));
-                let found = found.join(", ");
-                if trusted_signer {
-                    Err(SignatureError::Invalid { found })
-                } else {
-                    Err(SignatureError::UnknownKey { found, dir: self.dir_shown(), trusted: self.ids() })
-                }
-            }
+        if let Some(id) = verified {
+            return Ok(id);
+        }
+        let trusted_signer = self.keys.items().iter().any(|k| claimed.contains(&key_id(k)));
+        let found = shown(&claimed);
+        if trusted_signer {
+            Err(SignatureError::Invalid { found })
+        } else {
+            Err(SignatureError::UnknownKey { found, dir: self.dir_shown(), trusted: self.ids() })
         }
     }
 
@@ -97,50 +104,128 @@ impl TrustedKeys {
     }
 }
 
-/// The key ids a module's signature section names (unverified), or none.
-/// Only the first section is read, and only when its declared size is
-/// within bounds, so a hostile module cannot make this allocate.
+/// The key ids a module's signature section names (unverified): none when
+/// it has no well-formed one.
 pub fn signers(module: &[u8]) -> Vec<String> {
-    let Some(section) = first_section(module) else { return Vec::new() };
-    let Ok(Some(wasmsign2::Section::Custom(custom))) = wasmsign2::Section::deserialize(&mut Cursor::new(section))
-    else {
-        return Vec::new();
-    };
-    if !custom.is_signature_header() {
-        return Vec::new();
-    }
-    let Ok(data) = custom.signature_data() else { return Vec::new() };
-    let mut ids: Vec<String> = data
-        .signed_hashes_set
-        .iter()
-        .flat_map(|set| &set.signatures)
-        .map(|s| s.key_id.as_deref().map_or_else(|| "<no key id>".to_owned(), hex))
-        .collect();
-    ids.sort();
-    ids.dedup();
-    ids
+    SignatureSection::parse(module).ok().flatten().map(|s| s.key_ids).unwrap_or_default()
 }
 
-/// The first section of a WebAssembly binary, id and size included, when
-/// its declared size fits both the binary and [`MAX_SIGNATURE_SECTION_BYTES`].
-fn first_section(module: &[u8]) -> Option<&[u8]> {
-    let rest = module.get(8..)?;
-    let (&id, rest) = rest.split_first()?;
-    if id != 0 {
-        return None;
+/// Most key ids named in a refusal; a hostile module may claim hundreds.
+const IDS_SHOWN: usize = 4;
+
+fn shown(ids: &[String]) -> String {
+    let mut text = ids.iter().take(IDS_SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if ids.len() > IDS_SHOWN {
+        text.push_str(&format!(" and {} more", ids.len() - IDS_SHOWN));
     }
-    let (mut len, mut used) = (0usize, 0usize);
-    for (i, &byte) in rest.iter().take(5).enumerate() {
-        len |= usize::from(byte & 0x7f) << (7 * i);
-        used = i + 1;
-        if byte & 0x80 == 0 {
-            break;
+    text
+}
+
+/// What a well-formed wasmsign2 signature section (the first section of the
+/// binary, a custom section named `signature`) claims.
+struct SignatureSection {
+    key_ids: Vec<String>,
+}
+
+impl SignatureSection {
+    /// `Ok(None)` when the binary has no signature section; an error when it
+    /// has one that is malformed, oversized, or signs more than one hash per
+    /// set. (wasmsign2's partial signatures sign a hash per prefix of the
+    /// module; a module cut at one would still verify, so offerd accepts
+    /// only signatures over the whole module.)
+    fn parse(module: &[u8]) -> Result<Option<Self>, String> {
+        let mut r = Reader(module.get(8..).ok_or("shorter than a WebAssembly header")?);
+        if r.0.first() != Some(&0) {
+            return Ok(None);
         }
+        r.byte()?;
+        let section_len = r.len()?;
+        if section_len > MAX_SIGNATURE_SECTION_BYTES {
+            return Err(format!(
+                "its signature section is {section_len} bytes; the limit is {MAX_SIGNATURE_SECTION_BYTES}"
+            ));
+        }
+        let mut section = Reader(r.take(section_len)?);
+        let name_len = section.len()?;
+        if section.take(name_len)? != b"signature" {
+            return Ok(None);
+        }
+        // SignatureData: spec version, content type, hash function, then
+        // sets, each a length-prefixed blob: its hashes (32 bytes each),
+        // then its signatures, each a blob of key id, algorithm, signature.
+        section.take(3)?;
+        let mut key_ids = Vec::new();
+        for _ in 0..section.count()? {
+            let mut set = Reader(section.slice()?);
+            let hashes = set.len()?;
+            if hashes != 1 {
+                return Err(format!(
+                    "a signature covers {hashes} hashes; offerd takes signatures of the whole module only"
+                ));
+            }
+            set.take(32)?;
+            for _ in 0..set.count()? {
+                let mut signature = Reader(set.slice()?);
+                let key_id = signature.slice()?;
+                signature.byte()?;
+                signature.slice()?;
+                key_ids.push(if key_id.is_empty() { "<no key id>".to_owned() } else { hex(key_id) });
+            }
+        }
+        if !section.0.is_empty() {
+            return Err("its signature section has trailing bytes".into());
+        }
+        key_ids.sort();
+        key_ids.dedup();
+        Ok(Some(Self { key_ids }))
     }
-    if len > MAX_SIGNATURE_SECTION_BYTES || used + len > rest.len() {
-        return None;
+}
+
+/// A cursor over bytes whose every read is checked against what is left.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn byte(&mut self) -> Result<u8, String> {
+        let (&b, rest) = self.0.split_first().ok_or("its signature section is cut short")?;
+        self.0 = rest;
+        Ok(b)
     }
-    Some(&module[8..8 + 1 + used + len])
+
+    /// An unsigned LEB128 u32, as wasmsign2 reads lengths and counts.
+    fn len(&mut self) -> Result<usize, String> {
+        let mut value = 0u32;
+        for i in 0..5 {
+            let b = self.byte()?;
+            value |= u32::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(value as usize);
+            }
+        }
+        Err("its signature section has an over-long number".into())
+    }
+
+    /// A count of items that each take at least one byte: never more than remain.
+    fn count(&mut self) -> Result<usize, String> {
+        let n = self.len()?;
+        if n > self.0.len() {
+            return Err("its signature section counts more items than it holds".into());
+        }
+        Ok(n)
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if n > self.0.len() {
+            return Err("its signature section is cut short".into());
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn slice(&mut self) -> Result<&'a [u8], String> {
+        let n = self.len()?;
+        self.take(n)
+    }
 }
 
 /// A new key pair written to `dir` as `<key-id>.key` (mode 0600) and
@@ -260,12 +345,38 @@ mod tests {
     }
 
     #[test]
-    fn a_hostile_first_section_size_is_not_read() {
-        let mut m = EMPTY_COMPONENT.to_vec();
-        m.extend_from_slice(&[0x00, 0xff, 0xff, 0xff, 0xff, 0x0f]);
-        assert!(signers(&m).is_empty());
-        assert!(first_section(&m).is_none());
+    fn hostile_lengths_in_the_signature_section_are_refused_before_wasmsign2_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = keygen(dir.path()).unwrap();
+        let trust = TrustedKeys::load(dir.path()).unwrap();
+        let section = |payload: &[u8]| {
+            let mut m = EMPTY_COMPONENT.to_vec();
+            m.push(0);
+            m.push(u8::try_from(payload.len()).unwrap());
+            m.extend_from_slice(payload);
+            m
+        };
+        let name = b"\x09signature";
+        let hostile: Vec<Vec<u8>> = vec![
+            // The section claims 4 GiB.
+            [EMPTY_COMPONENT, &[0x00, 0xff, 0xff, 0xff, 0xff, 0x0f]].concat(),
+            // Its name claims 4 GiB.
+            section(&[0xff, 0xff, 0xff, 0xff, 0x0f]),
+            // A set of hashes claims 4 GiB.
+            section(&[name.as_slice(), &[1, 1, 1, 1, 0xff, 0xff, 0xff, 0xff, 0x0f]].concat()),
+            // A signature inside a set claims 4 GiB.
+            section(&[name.as_slice(), &[1, 1, 1, 1, 39, 1], &[0; 32], &[1, 0xff, 0xff, 0xff, 0xff, 0x0f]].concat()),
+            // Two hashes in a set: a partial signature.
+            section(&[name.as_slice(), &[1, 1, 1, 1, 66, 2], &[0; 64], &[0]].concat()),
+        ];
+        for m in &hostile {
+            assert!(matches!(trust.verify(m), Err(SignatureError::Malformed(_))), "{m:?}: {:?}", trust.verify(m));
+            assert!(signers(m).is_empty());
+        }
         assert!(signers(&[]).is_empty());
+        assert!(matches!(trust.verify(&module()), Err(SignatureError::Unsigned { .. })));
+        let (signed, _) = sign(&dir.path().join(format!("{id}.key")), &module()).unwrap();
+        assert_eq!(trust.verify(&signed).unwrap(), id);
     }
 
     #[test]

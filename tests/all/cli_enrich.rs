@@ -150,7 +150,7 @@ fn module_faults_become_dead_letters_and_the_run_goes_on() {
     // the guest trapped, and how many more failed with it.
     let logged: Vec<&str> = stderr.lines().filter(|l| l.contains("module failed on a record")).collect();
     assert_eq!(logged.len(), 1, "{stderr}");
-    assert!(logged[0].contains("user_id=u1") && logged[0].contains("reason=\"module-trap\""), "{}", logged[0]);
+    assert!(logged[0].contains("user_id=\"u1\"") && logged[0].contains("reason=\"module-trap\""), "{}", logged[0]);
     // misbehave panics in its export itself: that is the guest function named.
     assert!(
         logged[0].contains("in offers:rules/rules@1.0.0#enrich") && logged[0].contains("more_in_batch=2"),

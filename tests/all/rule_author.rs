@@ -8,7 +8,7 @@
 //! following commands; `# exits N` is the exit status a step must have
 //! (0 otherwise); a line ending in `&` runs in the background until the
 //! test ends, and the guide goes on once its `--admin-addr` accepts
-//! connections.
+//! connections. The guide's admin address is replaced by a free one.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::stream::{DEADLINE, Kinesis, streams};
+use super::stream::{DEADLINE, Kinesis, free_addr, streams};
+
+/// The admin address the guide uses; each run gets a free one instead.
+const GUIDE_ADMIN_ADDR: &str = "127.0.0.1:9101";
 
 /// One step of the guide.
 #[derive(Debug)]
@@ -89,7 +92,9 @@ async fn the_rule_authors_guide_runs_as_written() {
     // the first run builds wit-bindgen), never the workspace's.
     let target_dir = offerd_tests::repo("target/rule-author");
     let guide_file = offerd_tests::repo("docs/writing-rules.md");
-    let steps = steps(&std::fs::read_to_string(&guide_file).unwrap());
+    let guide = std::fs::read_to_string(&guide_file).unwrap();
+    assert!(guide.contains(GUIDE_ADMIN_ADDR));
+    let steps = steps(&guide.replace(GUIDE_ADMIN_ADDR, &free_addr()));
     assert!(steps.len() > 20, "{steps:?}");
 
     let mut cwd: PathBuf = work.path().to_owned();
@@ -117,12 +122,13 @@ async fn the_rule_authors_guide_runs_as_written() {
             command.env_remove(var);
         }
         if step.background {
-            let child = command.stdout(Stdio::null()).spawn().unwrap();
-            background.0.push(child);
+            background.0.push(command.stdout(Stdio::null()).spawn().unwrap());
+            let child = background.0.last_mut().unwrap();
             let addr = step.line.split("--admin-addr ").nth(1).and_then(|rest| rest.split_whitespace().next());
             let addr = addr.expect("a background step names its --admin-addr");
             let deadline = Instant::now() + DEADLINE;
             while std::net::TcpStream::connect(addr).is_err() {
+                assert!(child.try_wait().unwrap().is_none(), "`{}` exited", step.line);
                 assert!(Instant::now() < deadline, "nothing listens on {addr} after `{}`", step.line);
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -154,7 +160,12 @@ async fn the_rule_authors_guide_runs_as_written() {
     // failing run of section 5, which must carry the rank-by-rank diff.
     let first_test = ran.iter().find(|r| r.line.starts_with("offerd test --module rules.wasm")).unwrap();
     assert!(first_test.stdout.contains("40 passed, 0 failed"), "{}", first_test.stdout);
-    assert!(first_test.stdout.contains("coverage europe: plans no case reaches ("), "{}", first_test.stdout);
+    for what in ["plans", "promos", "metros"] {
+        let line = format!("coverage europe: {what} no case reaches (");
+        assert!(first_test.stdout.contains(&line), "{}", first_test.stdout);
+    }
+    // The starting rule never offers a promo.
+    assert!(first_test.stdout.contains("coverage europe: promos no case reaches (3 of 3)"), "{}", first_test.stdout);
     assert!(first_test.stdout.contains("of 200 ms)"), "{}", first_test.stdout);
     let failing = the_output_of(&ran, "offerd test --module rules-v2.wasm --catalogs catalogs cases/*.json --junit");
     assert!(failing.stdout.contains("FAIL ") && failing.stdout.contains("≠ -"), "{}", failing.stdout);
@@ -267,4 +278,48 @@ async fn the_rule_authors_guide_runs_as_written() {
     assert_eq!(refused.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains(&format!("signed by key {other_id}, which is not in --trusted-keys")), "{stderr}");
     drop(background);
+}
+
+/// The example in `examples/promo-first`, built from the scaffold, passes
+/// its own unit tests and golden cases through the publication gate, and
+/// ranks promos first.
+#[test]
+fn the_promo_first_example_builds_and_passes_its_gate() {
+    let example = offerd_tests::repo("examples/promo-first");
+    let target_dir = offerd_tests::repo("target/rule-author");
+    let out = tempfile::tempdir().unwrap();
+    let module = out.path().join("promo-first.wasm");
+    let run = |program: &str, args: &[&str]| {
+        let mut command = Command::new(program);
+        command.args(args).current_dir(&example).env("CARGO_TARGET_DIR", &target_dir);
+        for var in
+            ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER", "CARGO_MAKEFLAGS"]
+        {
+            command.env_remove(var);
+        }
+        let out = command.output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{program} {args:?}:\n{stdout}\n{stderr}");
+        stdout.into_owned()
+    };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(&cargo, &["test", "--quiet"]);
+    let built = run(env!("CARGO_BIN_EXE_offerd-cli"), &["build", "--release", "-o", module.to_str().unwrap()]);
+    assert!(built.contains("promo-first 0.1.0"), "{built}");
+    assert_eq!(built.matches(": gate passed (8 golden cases)").count(), 5, "{built}");
+
+    // Promos first, at their price, on a sign-up in Berlin.
+    let signup = r#"{"user_id": "u", "location": {"country": "DE", "lat": 52.52, "lon": 13.405}, "signed_up_at": "2026-11-25T12:00:00Z"}"#;
+    let store = out.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    std::fs::copy(&module, store.join("europe.wasm")).unwrap();
+    let enriched = super::offerd(
+        &["enrich", "--modules", store.to_str().unwrap(), "--catalogs", super::catalogs().to_str().unwrap()],
+        signup.as_bytes(),
+    );
+    let record: Value = serde_json::from_slice(&enriched.stdout).unwrap();
+    let offers = record["offers"].as_array().unwrap();
+    assert!(offers.len() > 3, "{record}");
+    let with_promo = offers.iter().take_while(|o| !o["promo"].is_null()).count();
+    assert!(with_promo > 0 && offers[with_promo..].iter().all(|o| o["promo"].is_null()), "{record}");
 }

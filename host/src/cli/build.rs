@@ -148,11 +148,17 @@ pub(super) fn build(manifest: &Path, release: bool) -> anyhow::Result<Built> {
 
 /// Fails with the command that fixes it when rustc has no [`TARGET`].
 fn check_target_installed(crate_dir: &Path) -> anyhow::Result<()> {
-    let sysroot = Command::new("rustc")
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = Command::new(rustc)
         .current_dir(crate_dir)
         .args(["--print", "sysroot"])
         .output()
         .context("running rustc --print sysroot")?;
+    anyhow::ensure!(
+        sysroot.status.success(),
+        "rustc --print sysroot failed: {}",
+        String::from_utf8_lossy(&sysroot.stderr)
+    );
     let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
     if !sysroot.join("lib").join("rustlib").join(TARGET).is_dir() {
         bail!("the {TARGET} target is not installed for {}: run `rustup target add {TARGET}`", sysroot.display());

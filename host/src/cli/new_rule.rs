@@ -85,6 +85,10 @@ pub(super) fn run(args: &NewRuleArgs) -> anyhow::Result<ExitCode> {
             let catalogs = Catalogs::load(from)?;
             copy(&from.join("regions.toml"), &catalogs_dir.join("regions.toml"))?;
             for region in catalogs.regions() {
+                // Region names become file names in the crate.
+                if !region.region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                    bail!("region {:?} cannot name a file: letters, digits, '-' and '_' only", region.region);
+                }
                 let file = format!("{}.toml", region.region);
                 copy(&from.join(&file), &catalogs_dir.join(&file))?;
             }
@@ -99,7 +103,7 @@ pub(super) fn run(args: &NewRuleArgs) -> anyhow::Result<ExitCode> {
         regions.push(format!("{} ({} cases)", catalog.region, cases.len()));
     }
     let samples = sample_signups(&catalogs);
-    write(&dir.join("samples").join("signups.jsonl"), &samples.join("\n"))?;
+    write(&dir.join("samples").join("signups.jsonl"), &(samples.join("\n") + "\n"))?;
     println!("created {name} in {} (offers:rules@{version})", dir.display());
     println!("golden cases: {}", regions.join(", "));
     println!("next: cd {} && cargo test && offerd build --release   (see README.md)", dir.display());

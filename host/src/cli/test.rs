@@ -18,7 +18,7 @@ use crate::catalog::{Catalogs, RegionCatalog};
 use crate::engine::{RegionRules, RuleModule};
 use crate::golden::{self, Case, Verdict};
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub(super) struct TestArgs {
     /// The module under test.
     #[arg(long, value_name = "FILE", required_unless_present = "manifest_path")]
@@ -60,21 +60,42 @@ pub(super) struct TestArgs {
 }
 
 pub(super) fn run(args: &TestArgs) -> anyhow::Result<ExitCode> {
+    // A file named twice (`cases/*.json cases/europe.json`) runs once.
+    let mut unique = Vec::with_capacity(args.cases.len());
+    for file in &args.cases {
+        if !unique.contains(file) {
+            unique.push(file.clone());
+        }
+    }
+    let args = &TestArgs { cases: unique, ..args.clone() };
     if !args.watch {
         return Ok(if run_once(args)? { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
+    // Directories are watched, not files: a file replaced by a rename
+    // (cargo, `offerd build -o`, `--update`, most editors) ends a watch on
+    // the file itself. Events are kept for the watched paths only.
+    let watched = watched(args);
+    let interesting: Vec<PathBuf> = watched.iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect();
     let (tx, rx) = std::sync::mpsc::channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| e.kind.is_modify() || e.kind.is_create() || e.kind.is_remove()) {
+        let Ok(event) = event else { return };
+        let relevant = event.kind.is_modify() || event.kind.is_create() || event.kind.is_remove();
+        if relevant && event.paths.iter().any(|p| interesting.iter().any(|w| p.starts_with(w))) {
             let _ = tx.send(());
         }
     })
     .context("starting the file watcher")?;
-    for path in watched(args) {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for path in &watched {
+        let path = std::fs::canonicalize(path).with_context(|| format!("finding {}", path.display()))?;
+        let dir = if path.is_dir() { path } else { path.parent().unwrap_or(Path::new("/")).to_owned() };
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    for dir in &dirs {
         use notify::Watcher as _;
-        watcher
-            .watch(&path, notify::RecursiveMode::Recursive)
-            .with_context(|| format!("watching {}", path.display()))?;
+        watcher.watch(dir, notify::RecursiveMode::Recursive).with_context(|| format!("watching {}", dir.display()))?;
     }
     loop {
         if let Err(e) = run_once(args) {
@@ -243,8 +264,12 @@ fn write_coverage(out: &mut impl Write, catalog: &RegionCatalog, cases: &[(PathB
 /// JUnit XML as Jenkins, GitLab and GitHub reporters read it: one suite per
 /// case file, the failure's rank-by-rank diff as message and body.
 fn junit(verdicts: &[Verdict]) -> String {
-    let mut files: Vec<&Path> = verdicts.iter().map(|v| v.file.as_path()).collect();
-    files.dedup();
+    let mut files: Vec<&Path> = Vec::new();
+    for v in verdicts {
+        if !files.contains(&v.file.as_path()) {
+            files.push(&v.file);
+        }
+    }
     let failures = verdicts.iter().filter(|v| v.failure.is_some()).count();
     let total: f64 = verdicts.iter().map(|v| v.elapsed.as_secs_f64()).sum();
     let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
