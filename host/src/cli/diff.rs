@@ -4,6 +4,7 @@
 //! and failures that appear or disappear. What a team reads before it
 //! publishes a price change.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, Write};
@@ -13,6 +14,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{EngineArgs, LineBatches};
@@ -63,25 +65,56 @@ impl RecordDiff {
     }
 }
 
-/// The offers of an offer record: plan id → (rank, price).
-fn offers(line: &Value) -> BTreeMap<String, (usize, String)> {
-    let price = |p: &Value| format!("{} {}", p["amount_minor"], p["currency"].as_str().unwrap_or("?"));
-    line["offers"]
-        .as_array()
-        .map(|offers| {
-            offers
-                .iter()
-                .enumerate()
-                .map(|(rank, o)| {
-                    let mut shown = price(&o["monthly_price"]);
-                    if !o["promo"].is_null() {
-                        shown = format!("{shown} / {} promo {}", price(&o["promo"]["monthly_price"]), o["promo"]["id"]);
-                    }
-                    (o["plan_id"].as_str().unwrap_or("?").to_owned(), (rank + 1, shown))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+/// The `[...]` of an offer record's `"offers"`, as the encoder writes it:
+/// between `"offers":` and `,"rule":` (neither can occur unescaped inside
+/// a string before it).
+fn offers_json(line: &[u8]) -> &[u8] {
+    let find = |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).position(|w| w == needle);
+    let Some(start) = find(line, br#""offers":"#).map(|i| i + br#""offers":"#.len()) else { return b"" };
+    match find(&line[start..], br#","rule":"#) {
+        Some(len) => &line[start..start + len],
+        None => b"",
+    }
+}
+
+/// The parts of an offer record's offer that a diff compares; the rest of
+/// each offer is skipped while parsing.
+#[derive(Deserialize, PartialEq)]
+struct OfferView<'a> {
+    #[serde(borrow)]
+    plan_id: Cow<'a, str>,
+    monthly_price: Money<'a>,
+    #[serde(borrow)]
+    promo: Option<PromoView<'a>>,
+}
+
+#[derive(Deserialize, PartialEq)]
+struct Money<'a> {
+    amount_minor: u64,
+    #[serde(borrow)]
+    currency: Cow<'a, str>,
+}
+
+#[derive(Deserialize, PartialEq)]
+struct PromoView<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    monthly_price: Money<'a>,
+}
+
+impl OfferView<'_> {
+    /// `<minor units> <currency>`, then ` / <promo price> promo "<id>"` when there is one.
+    fn price(&self) -> String {
+        let money = |m: &Money<'_>| format!("{} {}", m.amount_minor, m.currency);
+        match &self.promo {
+            None => money(&self.monthly_price),
+            Some(p) => format!("{} / {} promo {:?}", money(&self.monthly_price), money(&p.monthly_price), p.id),
+        }
+    }
+
+    fn same_price(&self, other: &Self) -> bool {
+        self.monthly_price == other.monthly_price && self.promo == other.promo
+    }
 }
 
 /// `offers`, or a dead letter's reason.
@@ -97,23 +130,29 @@ fn compare(a: &Outcome, b: &Outcome) -> RecordDiff {
         let (ka, kb) = (kind(a), kind(b));
         return RecordDiff { outcome: (ka != kb).then_some((ka, kb)), ..RecordDiff::default() };
     };
-    let parse = |line: &[u8]| serde_json::from_slice::<Value>(line).unwrap_or(Value::Null);
-    let (old, new) = (offers(&parse(la)), offers(&parse(lb)));
+    // Most records come out the same: compare the bytes before parsing.
+    let (ja, jb) = (offers_json(la), offers_json(lb));
+    if ja == jb {
+        return RecordDiff::default();
+    }
+    let parse = |json| serde_json::from_slice::<Vec<OfferView<'_>>>(json).unwrap_or_default();
+    let (old, new) = (parse(ja), parse(jb));
     let mut diff = RecordDiff::default();
-    for (plan, (rank, price)) in &new {
-        match old.get(plan) {
-            None => diff.added.push(plan.clone()),
-            Some((old_rank, old_price)) => {
-                if old_price != price {
-                    diff.repriced.push((plan.clone(), old_price.clone(), price.clone()));
+    for (rank, offer) in new.iter().enumerate() {
+        match old.iter().position(|o| o.plan_id == offer.plan_id) {
+            None => diff.added.push(offer.plan_id.to_string()),
+            Some(old_rank) => {
+                if !old[old_rank].same_price(offer) {
+                    diff.repriced.push((offer.plan_id.to_string(), old[old_rank].price(), offer.price()));
                 }
                 if old_rank != rank {
-                    diff.reranked.push((plan.clone(), *old_rank, *rank));
+                    diff.reranked.push((offer.plan_id.to_string(), old_rank + 1, rank + 1));
                 }
             }
         }
     }
-    diff.removed = old.keys().filter(|plan| !new.contains_key(*plan)).cloned().collect();
+    diff.removed =
+        old.iter().filter(|o| !new.iter().any(|n| n.plan_id == o.plan_id)).map(|o| o.plan_id.to_string()).collect();
     diff
 }
 
@@ -146,7 +185,12 @@ pub(super) fn run(args: &DiffArgs) -> anyhow::Result<ExitCode> {
     let mut line_no = 0usize;
     while let Some(batch) = lines.next_batch().context("reading sign-ups")? {
         let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
-        let (a, b) = (from.enrich(&refs).outcomes, to.enrich(&refs).outcomes);
+        // The two sides on two threads: each is a whole production enrichment.
+        let (a, b) = std::thread::scope(|scope| {
+            let b = scope.spawn(|| to.enrich(&refs).outcomes);
+            let a = from.enrich(&refs).outcomes;
+            (a, b.join().expect("the enrichment thread panicked"))
+        });
         for ((a, b), input) in a.iter().zip(&b).zip(&batch) {
             line_no += 1;
             *totals.entry("records").or_default() += 1;
@@ -219,7 +263,10 @@ mod tests {
                        "promo": if *promo { json!({"id": "p", "monthly_price": {"amount_minor": price / 2, "currency": "EUR"}}) } else { Value::Null }})
             })
             .collect();
-        Outcome::Offer { user_id: "u".into(), line: serde_json::to_vec(&json!({"offers": offers})).unwrap() }
+        Outcome::Offer {
+            user_id: "u".into(),
+            line: serde_json::to_vec(&json!({"offers": offers, "rule": {}})).unwrap(),
+        }
     }
 
     #[test]
