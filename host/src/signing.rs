@@ -52,11 +52,13 @@ impl TrustedKeys {
         let entries = std::fs::read_dir(dir).with_context(|| format!("reading --trusted-keys {}", dir.display()))?;
         for entry in entries {
             let path = entry.with_context(|| format!("reading --trusted-keys {}", dir.display()))?.path();
-            if path.extension().is_some_and(|e| e == "pub") {
+            // Regular files only: a FIFO named `x.pub` would block start-up.
+            if path.extension().is_some_and(|e| e == "pub") && path.is_file() {
                 let bytes = read_key_file(&path)?;
                 let key = PublicKey::from_any(&bytes)
                     .map_err(|e| anyhow::anyhow!("{} is not an ed25519 public key: {e}", path.display()))?;
-                keys.insert(key.attach_default_key_id()).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                // The same key in two files is trusted once.
+                let _ = keys.insert(key.attach_default_key_id());
             }
         }
         anyhow::ensure!(!keys.is_empty(), "--trusted-keys {} holds no .pub file", dir.display());
@@ -338,6 +340,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = keygen(dir.path()).unwrap();
         let (mut signed, _) = sign(&dir.path().join(format!("{id}.key")), &module()).unwrap();
+        // The same key under a second name is trusted once, not refused.
+        std::fs::copy(dir.path().join(format!("{id}.pub")), dir.path().join("copy.pub")).unwrap();
         let trust = TrustedKeys::load(dir.path()).unwrap();
         assert_eq!(trust.verify(&signed).unwrap(), id);
         *signed.last_mut().unwrap() ^= 1;
