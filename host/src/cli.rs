@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::catalog::Catalogs;
-use crate::engine::{Engine, Limits};
+use crate::engine::{Engine, Limits, ModuleCache};
 use crate::enricher::{Enricher, Outcome};
 use crate::signing::TrustedKeys;
 use crate::{admin, http_server, module_store, service, stream};
@@ -94,6 +94,10 @@ struct EngineArgs {
     /// when set, a module not signed by one of them is refused.
     #[arg(long, value_name = "DIR")]
     trusted_keys: Option<PathBuf>,
+    /// Keep compiled modules in this directory (created mode 0700; it must
+    /// be this user's alone), so a restart loads them without compiling.
+    #[arg(long, value_name = "DIR")]
+    module_cache: Option<PathBuf>,
     /// Longest a module call (a whole batch) may run.
     #[arg(long, value_name = "MS", default_value_t = Limits::default().call_timeout.as_millis() as u64)]
     call_timeout_ms: u64,
@@ -111,7 +115,11 @@ struct EngineArgs {
 
 impl EngineArgs {
     fn engine(&self) -> anyhow::Result<Engine> {
-        Ok(Engine::new(self.limits())?.trusting(self.trusted_keys()?))
+        Ok(Engine::new(self.limits())?.trusting(self.trusted_keys()?).caching(self.module_cache()?))
+    }
+
+    fn module_cache(&self) -> anyhow::Result<Option<Arc<ModuleCache>>> {
+        self.module_cache.as_deref().map(|dir| ModuleCache::open(dir).map(Arc::new)).transpose()
     }
 
     fn trusted_keys(&self) -> anyhow::Result<Option<Arc<TrustedKeys>>> {
@@ -286,6 +294,7 @@ impl LineBatches {
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let settings = args.settings.resolve(args.config.as_deref())?;
     let trusted_keys = args.engine.trusted_keys()?;
+    let module_cache = args.engine.module_cache()?;
     let admin_token = settings.admin_token_file.as_deref().map(admin::read_token).transpose()?;
     let admin_tls = settings.admin_tls.as_ref().map(|(cert, key)| crate::tls::server_config(cert, key)).transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
@@ -312,6 +321,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             checkpoints,
             limits: args.engine.limits(),
             trusted_keys,
+            module_cache,
             stall_after: settings.stall_after,
         };
         let mut listeners = service::Listeners::default();

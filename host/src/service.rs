@@ -13,7 +13,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::catalog::Catalogs;
-use crate::engine::{Engine, Limits};
+use crate::engine::{Engine, Limits, ModuleCache};
 use crate::metrics::{self, Metrics};
 use crate::module_store::ModuleStore;
 use crate::rollout::{self, Rollout};
@@ -36,6 +36,8 @@ pub struct Settings {
     pub limits: Limits,
     /// When set, every module (at start-up and published) must be signed by one of these keys.
     pub trusted_keys: Option<Arc<TrustedKeys>>,
+    /// When set, compiled modules are kept there across restarts.
+    pub module_cache: Option<Arc<ModuleCache>>,
     /// See [`Metrics::stalled_shards`].
     pub stall_after: Duration,
 }
@@ -78,7 +80,8 @@ pub async fn run(
     client: aws_sdk_kinesis::Client,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let Settings { stream: config, modules, catalogs, checkpoints, limits, trusted_keys, stall_after } = settings;
+    let Settings { stream: config, modules, catalogs, checkpoints, limits, trusted_keys, module_cache, stall_after } =
+        settings;
     let metrics = Arc::new(Metrics::new(stall_after));
     let input_stream = config.input_stream.clone();
     let started_metrics = metrics.clone();
@@ -104,7 +107,7 @@ pub async fn run(
             ),
         };
         let loaded = Arc::new(Catalogs::load(&catalogs)?);
-        let engine = Engine::new(limits)?.trusting(trusted_keys);
+        let engine = Engine::new(limits)?.trusting(trusted_keys).caching(module_cache);
         let (enricher, rollout) =
             Rollout::start(engine, ModuleStore::open(&modules)?, &catalogs, loaded, started_metrics)?;
         anyhow::Ok((store, enricher, Arc::new(rollout)))

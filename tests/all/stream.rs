@@ -809,6 +809,7 @@ async fn the_service_runs_in_process_until_its_shutdown_future() {
         checkpoints: offerd::service::Checkpoints::File(checkpoints.clone()),
         limits: offerd::engine::Limits::default(),
         trusted_keys: None,
+        module_cache: None,
         stall_after: Duration::from_secs(60),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -7,8 +7,10 @@
 //! - [`module`]: a compiled, checked component ([`RuleModule`]).
 //! - [`region`]: a module bound to one region's catalog ([`RegionRules`]),
 //!   with warm instances and poison-record isolation.
+//! - [`cache`]: compiled modules on disk, for restarts without compiling.
 //! - `convert`: host types to and from the contract's types.
 
+mod cache;
 mod convert;
 mod limits;
 mod module;
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use crate::signing::TrustedKeys;
 
+pub use cache::ModuleCache;
 pub use limits::Limits;
 pub use module::{ModuleError, ModuleInfo, RuleModule, digest};
 pub use region::{Failure, FailureKind, Offer, RegionRules};
@@ -42,6 +45,8 @@ pub struct Engine {
     limits: Limits,
     /// When set, a module must be signed by one of these keys to load.
     trusted_keys: Option<Arc<TrustedKeys>>,
+    /// When set, compiled modules are kept here across restarts.
+    cache: Option<Arc<ModuleCache>>,
     _ticker: Arc<Ticker>,
 }
 
@@ -60,13 +65,20 @@ impl Engine {
         config.parallel_compilation(false);
         let inner = wasmtime::Engine::new(&config)?;
         let ticker = Ticker::start(inner.clone());
-        Ok(Self { inner, limits, trusted_keys: None, _ticker: Arc::new(ticker) })
+        Ok(Self { inner, limits, trusted_keys: None, cache: None, _ticker: Arc::new(ticker) })
     }
 
     /// This engine, loading only modules signed by one of `keys`.
     #[must_use]
     pub fn trusting(mut self, keys: Option<Arc<TrustedKeys>>) -> Self {
         self.trusted_keys = keys;
+        self
+    }
+
+    /// This engine, keeping compiled modules in `cache`.
+    #[must_use]
+    pub fn caching(mut self, cache: Option<Arc<ModuleCache>>) -> Self {
+        self.cache = cache;
         self
     }
 

@@ -73,8 +73,12 @@ impl RuleModule {
         }
         let digest = digest(bytes);
         let signed_by = engine.trusted_keys.as_ref().map(|keys| keys.verify(bytes)).transpose()?;
-        let component =
-            Component::new(&engine.inner, bytes).map_err(|e| ModuleError::NotAComponent(format!("{e:#}")))?;
+        let compile = || Component::new(&engine.inner, bytes);
+        let component = match &engine.cache {
+            Some(cache) => cache.get_or_compile(&engine.inner, &digest, compile),
+            None => compile(),
+        }
+        .map_err(|e| ModuleError::NotAComponent(format!("{e:#}")))?;
         let ty = component.component_type();
         let imports: Vec<&str> = ty.imports(&engine.inner).map(|(name, _)| name).collect();
         if !imports.is_empty() {
