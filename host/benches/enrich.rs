@@ -56,21 +56,32 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     println!(
-        "{:>6}  {:>14}  {:>14}  {:>12}  {:>22}  {:>24}",
-        "batch", "wasm rec/s", "native rec/s", "wasm/native", "no-op module rec/s", "stream prepare rec/s"
+        "{:>6}  {:>14}  {:>14}  {:>12}  {:>22}  {:>24}  {:>18}",
+        "batch",
+        "wasm rec/s",
+        "native rec/s",
+        "wasm/native",
+        "no-op module rec/s",
+        "stream prepare rec/s",
+        "wasm faults/1k rec"
     );
     for batch in [1, 100, 500] {
         let (mut w, mut n, mut f, mut p) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        // Page faults of the wasm path alone: allocator churn shows here.
+        let mut faults = 0;
         for _ in 0..ROUNDS {
+            let before = minor_faults();
             w.push(run(&inputs, batch, |chunk| wasm.enrich(chunk).outcomes));
+            faults += minor_faults() - before;
             n.push(run(&inputs, batch, |chunk| native.enrich(chunk)));
             f.push(run(&inputs, batch, |chunk| floor.enrich(chunk).outcomes));
             p.push(prepare_all(&records, batch, &wasm));
         }
+        let faults = faults as f64 * 1000.0 / (ROUNDS * RECORDS) as f64;
         let (w, n, f, p) = (median(w), median(n), median(f), median(p));
         let rate = |d: Duration| RECORDS as f64 / d.as_secs_f64();
         println!(
-            "{batch:>6}  {:>14.0}  {:>14.0}  {:>11.2}x  {:>22.0}  {:>24.0}",
+            "{batch:>6}  {:>14.0}  {:>14.0}  {:>11.2}x  {:>22.0}  {:>24.0}  {faults:>18.1}",
             rate(w),
             rate(n),
             n.as_secs_f64() / w.as_secs_f64(),
@@ -119,6 +130,17 @@ fn prepare_all(records: &[Record], batch: usize, enricher: &Enricher) -> Duratio
     let took = start.elapsed();
     assert_eq!(produced, records.len());
     took
+}
+
+/// Minor page faults of this process so far.
+fn minor_faults() -> i64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is valid.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    usage.ru_minflt
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
