@@ -116,11 +116,7 @@ async fn the_rule_authors_guide_runs_as_written() {
             .env("OFFERD_LOG", "warn")
             .envs(k.env());
         // Flags of the outer (test) build must not reach the guide's builds.
-        for var in
-            ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER", "CARGO_MAKEFLAGS"]
-        {
-            command.env_remove(var);
-        }
+        xtask::without_outer_build_flags(&mut command);
         if step.background {
             background.0.push(command.stdout(Stdio::null()).spawn().unwrap());
             let child = background.0.last_mut().unwrap();
@@ -292,11 +288,7 @@ fn the_promo_first_example_builds_and_passes_its_gate() {
     let run = |program: &str, args: &[&str]| {
         let mut command = Command::new(program);
         command.args(args).current_dir(&example).env("CARGO_TARGET_DIR", &target_dir);
-        for var in
-            ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER", "CARGO_MAKEFLAGS"]
-        {
-            command.env_remove(var);
-        }
+        xtask::without_outer_build_flags(&mut command);
         let out = command.output().unwrap();
         let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "{program} {args:?}:\n{stdout}\n{stderr}");

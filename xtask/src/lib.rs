@@ -55,12 +55,7 @@ fn build(package: &str, version: Option<&str>, profile: &str) -> Result<Vec<u8>>
         .args(["build", "--quiet", "--package", package, "--target", GUEST_TARGET, "--profile", profile])
         .arg("--target-dir")
         .arg(&target_dir);
-    // Flags meant for the outer (native) build must not leak into the guest's.
-    for var in
-        ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER", "CARGO_MAKEFLAGS"]
-    {
-        cmd.env_remove(var);
-    }
+    without_outer_build_flags(&mut cmd);
     match version {
         Some(v) => cmd.env("OFFER_RULES_VERSION", v),
         None => cmd.env_remove("OFFER_RULES_VERSION"),
@@ -76,6 +71,17 @@ fn build(package: &str, version: Option<&str>, profile: &str) -> Result<Vec<u8>>
     let core_path = target_dir.join(GUEST_TARGET).join(profile_dir).join(format!("{}.wasm", package.replace('-', "_")));
     let core = std::fs::read(&core_path).with_context(|| format!("reading {}", core_path.display()))?;
     componentize(&core).with_context(|| format!("making a component of {}", core_path.display()))
+}
+
+/// Removes the flags cargo gives a build script or test for the outer
+/// (native) build, so that they do not leak into a nested guest build.
+pub fn without_outer_build_flags(cmd: &mut Command) -> &mut Command {
+    for var in
+        ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER", "CARGO_MAKEFLAGS"]
+    {
+        cmd.env_remove(var);
+    }
+    cmd
 }
 
 /// Adds [`GUEST_TARGET`] through rustup; a no-op when it is installed.

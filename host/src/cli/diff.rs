@@ -67,13 +67,25 @@ impl RecordDiff {
 
 /// The `[...]` of an offer record's `"offers"`, as the encoder writes it:
 /// between `"offers":` and `,"rule":` (neither can occur unescaped inside
-/// a string before it).
-fn offers_json(line: &[u8]) -> &[u8] {
+/// a string before it); `None` if the record is laid out otherwise.
+fn offers_json(line: &[u8]) -> Option<&[u8]> {
     let find = |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).position(|w| w == needle);
-    let Some(start) = find(line, br#""offers":"#).map(|i| i + br#""offers":"#.len()) else { return b"" };
-    match find(&line[start..], br#","rule":"#) {
-        Some(len) => &line[start..start + len],
-        None => b"",
+    let start = find(line, br#""offers":"#)? + br#""offers":"#.len();
+    let len = find(&line[start..], br#","rule":"#)?;
+    Some(&line[start..start + len])
+}
+
+/// An offer record's offers, from the `"offers"` slice when it is found,
+/// else from the whole record.
+fn parse_offers(line: &[u8]) -> Vec<OfferView<'_>> {
+    #[derive(Deserialize)]
+    struct Record<'a> {
+        #[serde(borrow)]
+        offers: Vec<OfferView<'a>>,
+    }
+    match offers_json(line) {
+        Some(json) => serde_json::from_slice(json).unwrap_or_default(),
+        None => serde_json::from_slice::<Record<'_>>(line).map(|r| r.offers).unwrap_or_default(),
     }
 }
 
@@ -131,12 +143,12 @@ fn compare(a: &Outcome, b: &Outcome) -> RecordDiff {
         return RecordDiff { outcome: (ka != kb).then_some((ka, kb)), ..RecordDiff::default() };
     };
     // Most records come out the same: compare the bytes before parsing.
-    let (ja, jb) = (offers_json(la), offers_json(lb));
-    if ja == jb {
+    if let (Some(ja), Some(jb)) = (offers_json(la), offers_json(lb))
+        && ja == jb
+    {
         return RecordDiff::default();
     }
-    let parse = |json| serde_json::from_slice::<Vec<OfferView<'_>>>(json).unwrap_or_default();
-    let (old, new) = (parse(ja), parse(jb));
+    let (old, new) = (parse_offers(la), parse_offers(lb));
     let mut diff = RecordDiff::default();
     for (rank, offer) in new.iter().enumerate() {
         match old.iter().position(|o| o.plan_id == offer.plan_id) {
@@ -284,6 +296,20 @@ mod tests {
         // A promo appearing is a price change.
         let promo = compare(&offer(&[("fiber", 6999, false)]), &offer(&[("fiber", 6999, true)]));
         assert_eq!(promo.repriced.len(), 1, "{promo:?}");
+    }
+
+    #[test]
+    fn a_record_laid_out_otherwise_is_still_compared() {
+        let line = |plan: &str| {
+            serde_json::to_vec(&json!({"offers": [{"plan_id": plan,
+            "monthly_price": {"amount_minor": 1, "currency": "EUR"}, "promo": null}]}))
+            .unwrap()
+        };
+        let (a, b) = (line("fiber"), line("dsl"));
+        assert_eq!(offers_json(&a), None);
+        let diff =
+            compare(&Outcome::Offer { user_id: "u".into(), line: a }, &Outcome::Offer { user_id: "u".into(), line: b });
+        assert_eq!((diff.added, diff.removed), (vec!["dsl".to_owned()], vec!["fiber".to_owned()]));
     }
 
     #[test]
