@@ -27,11 +27,9 @@ fn main() -> Result<()> {
     let contract = std::fs::read_to_string(root.join("wit/offers-rules.wit"))?;
     let other = "package acme:billing@1.0.0;\nworld billing { export charge: func(cents: u64) -> bool; }\n";
     dummy(&out.join("other-world.wasm"), other, "billing")?;
-    dummy(
-        &out.join("future-version.wasm"),
-        &contract.replace("offers:rules@1.0.0", "offers:rules@2.0.0"),
-        "offer-rules",
-    )?;
+    let future = contract.replace("package offers:rules@1.1.0;", "package offers:rules@2.0.0;");
+    anyhow::ensure!(future != contract, "wit/offers-rules.wit is no longer at 1.1.0: update this build script");
+    dummy(&out.join("future-version.wasm"), &future, "offer-rules")?;
     let with_import =
         contract.replace("    export rules;", "    import log: func(message: string);\n    export rules;");
     dummy(&out.join("with-import.wasm"), &with_import, "offer-rules")?;

@@ -5,7 +5,10 @@ use std::cell::RefCell;
 
 use crate::{catalog, rules};
 
+#[cfg(not(feature = "contract-1-0"))]
 wit_bindgen::generate!({ path: "../wit", world: "offer-rules" });
+#[cfg(feature = "contract-1-0")]
+wit_bindgen::generate!({ path: "../wit/1.0.0", world: "offer-rules" });
 
 use exports::offers::rules::rules as wit;
 
@@ -30,11 +33,7 @@ impl wit::Guest for Component {
     }
 
     fn enrich(batch: Vec<wit::SignUp>) -> Vec<Result<Vec<wit::Offer>, wit::RuleError>> {
-        RULES.with(|r| {
-            let guard = r.borrow();
-            // The host calls `init` before `enrich` on every instance; a trap
-            // here tells it the module was misused, not that a record is bad.
-            let rules = guard.as_ref().expect("enrich called before init");
+        with_rules(|rules| {
             batch
                 .iter()
                 .map(|s| {
@@ -45,14 +44,92 @@ impl wit::Guest for Component {
                         segment: segment(s.segment),
                         signed_up_day: s.signed_up_day,
                     };
-                    rules.enrich(&signup).map(|offers| offers.into_iter().map(to_wit).collect()).map_err(|e| match e {
-                        rules::Rejection::CountryNotServed(c) => wit::RuleError::CountryNotServed(c),
-                        rules::Rejection::NoCoverage => wit::RuleError::NoCoverage,
-                        rules::Rejection::Unusable(why) => wit::RuleError::Unusable(why),
-                    })
+                    rules.enrich(&signup).map(|offers| offers.into_iter().map(to_wit).collect()).map_err(rule_error)
                 })
                 .collect()
         })
+    }
+
+    #[cfg(not(feature = "contract-1-0"))]
+    fn enrich_compact(batch: Vec<wit::CompactSignUp>) -> wit::BatchResult {
+        with_rules(|rules| {
+            let countries = &rules.catalog().countries;
+            let mut result = wit::BatchResult {
+                offers: Vec::with_capacity(batch.len() * rules.catalog().max_offers.min(4) as usize),
+                rejections: Vec::new(),
+                reasons: String::new(),
+            };
+            for (i, s) in batch.iter().enumerate() {
+                let sign_up = i as u32;
+                let mut buffer = [0; 16];
+                let enriched = match (countries.get(usize::from(s.country)), postal_code(&s.postal_code, &mut buffer)) {
+                    (None, _) => {
+                        Err(rules::Rejection::Unusable(format!("country index {} is not in the catalog", s.country)))
+                    }
+                    (Some(_), Err(e)) => Err(e),
+                    (Some(country), Ok(postal_code)) => rules.enrich(&rules::SignUp {
+                        country,
+                        postal_code,
+                        coordinates: s.coordinates.map(|c| (c.lat, c.lon)),
+                        segment: segment(s.segment),
+                        signed_up_day: s.signed_up_day,
+                    }),
+                };
+                match enriched {
+                    Ok(offers) => {
+                        result.offers.extend(offers.into_iter().map(|o| wit::BatchOffer { sign_up, offer: to_wit(o) }));
+                    }
+                    Err(e) => {
+                        let (kind, reason) = match e {
+                            rules::Rejection::CountryNotServed(_) => (wit::RejectionKind::CountryNotServed, None),
+                            rules::Rejection::NoCoverage => (wit::RejectionKind::NoCoverage, None),
+                            rules::Rejection::Unusable(why) => {
+                                let start = result.reasons.len() as u32;
+                                result.reasons.push_str(&why);
+                                (wit::RejectionKind::Unusable, Some((start, why.len() as u32)))
+                            }
+                        };
+                        result.rejections.push(wit::BatchRejection { sign_up, kind, reason });
+                    }
+                }
+            }
+            result
+        })
+    }
+}
+
+/// The instance's rules. The host calls `init` before `enrich` on every
+/// instance; a trap here tells it the module was misused, not that a record
+/// is bad.
+fn with_rules<T>(f: impl FnOnce(&rules::Rules) -> T) -> T {
+    RULES.with(|r| f(r.borrow().as_ref().expect("enrich called before init")))
+}
+
+/// A 1.1 postal code as text: packed ones are unpacked into `buffer`.
+#[cfg(not(feature = "contract-1-0"))]
+fn postal_code<'a>(
+    code: &'a Option<wit::PostalCode>,
+    buffer: &'a mut [u8; 16],
+) -> Result<Option<&'a str>, rules::Rejection> {
+    match code {
+        None => Ok(None),
+        Some(wit::PostalCode::Text(text)) => Ok(Some(text)),
+        Some(wit::PostalCode::Packed((high, low))) => {
+            buffer[..8].copy_from_slice(&high.to_be_bytes());
+            buffer[8..].copy_from_slice(&low.to_be_bytes());
+            let len = buffer.iter().position(|&b| b == 0).unwrap_or(16);
+            core::str::from_utf8(&buffer[..len])
+                .map(Some)
+                .map_err(|_| rules::Rejection::Unusable("packed postal code is not ASCII".into()))
+        }
+    }
+}
+
+fn rule_error(e: rules::Rejection) -> wit::RuleError {
+    match e {
+        rules::Rejection::CountryNotServed(c) => wit::RuleError::CountryNotServed(c),
+        rules::Rejection::NoCoverage => wit::RuleError::NoCoverage,
+        rules::Rejection::Unusable(why) => wit::RuleError::Unusable(why),
     }
 }
 

@@ -112,6 +112,7 @@ fn answer(result: Result<Result<Arc<crate::enricher::Active>, Refused>, tokio::t
                 "version": info.version.to_string(),
                 "digest": info.digest,
                 "signed_by": info.signed_by,
+                "contract": info.contract.version(),
             }))
             .into_response()
         }

@@ -155,6 +155,8 @@ pub struct ModuleStatus {
     pub digest: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signed_by: Option<String>,
+    /// The contract version it is called at (`1.0.0`, `1.1.0`).
+    pub contract: &'static str,
     #[serde(with = "time::serde::rfc3339")]
     pub loaded_at: time::OffsetDateTime,
 }
@@ -167,6 +169,7 @@ impl ModuleStatus {
             version: info.version.to_string(),
             digest: info.digest.clone(),
             signed_by: info.signed_by.clone(),
+            contract: info.contract.version(),
             loaded_at: active.since.into(),
         }
     }

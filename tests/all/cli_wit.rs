@@ -20,5 +20,5 @@ fn the_contract_is_written_as_the_host_compiles_it_and_unknown_versions_are_refu
     let refused = offerd(&["wit", "--out", out.to_str().unwrap(), "--version", "2.0.0"], b"");
     assert_eq!(refused.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("speaks offers:rules 1.0.0, not 2.0.0"), "{stderr}");
+    assert!(stderr.contains("speaks offers:rules 1.0.0, 1.1.0, not 2.0.0"), "{stderr}");
 }

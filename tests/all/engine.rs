@@ -5,9 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use offerd::catalog::Catalogs;
-use offerd::engine::{Engine, FailureKind, Limits, ModuleError, RegionRules, RuleModule};
+use offerd::engine::{Contract, Engine, FailureKind, Limits, ModuleError, RegionRules, RuleModule};
+use offerd::enricher::{Enricher, Outcome};
+use offerd::module_store::LoadedRules;
+use offerd::record::Reason;
 use offerd::signup::SignUp;
-use offerd_tests::component;
+use offerd_tests::{component, repo};
+
+/// The reference rules compiled into the host, on the same decode, routing
+/// and encoding as the module path: shared with the benches that compare them.
+#[path = "../../host/benches/native/mod.rs"]
+mod native;
 
 fn engine() -> Engine {
     Engine::new(Limits { call_timeout: Duration::from_millis(100), ..Limits::default() }).unwrap()
@@ -167,7 +175,7 @@ fn components_that_break_the_contract_are_refused_with_what_was_found() {
 
     let err = load(&engine, "other-world").err().unwrap();
     assert!(matches!(&err, ModuleError::WrongWorld { found } if found == "charge"), "{err}");
-    assert!(err.to_string().contains("offers:rules/rules@1.0.0"), "{err}");
+    assert!(err.to_string().contains("offers:rules/rules@1.1.0 or @1.0.0"), "{err}");
 
     let err = load(&engine, "future-version").err().unwrap();
     assert!(err.to_string().contains("offers:rules/rules@2.0.0"), "{err}");
@@ -240,4 +248,65 @@ fn the_instance_pool_grows_with_concurrent_batches_and_is_trimmed_when_idle() {
     assert_eq!(rules.idle_instances(), grown);
     rules.trim_idle(); // an idle period: one instance is enough
     assert_eq!(rules.idle_instances(), 1);
+}
+
+/// Contract 1.1 end to end: the reference module, called through
+/// `enrich-compact`, gives byte for byte the offer records of the same rules
+/// compiled natively, on generated sign-ups of every region and on the
+/// postal codes 1.1 treats apart (16 bytes, longer, not ASCII). A record
+/// naming a region that does not serve its country is declined by the host.
+#[test]
+fn the_compact_contract_gives_the_offers_of_the_rules_compiled_natively() {
+    let catalogs = Arc::new(Catalogs::load(&super::catalogs()).unwrap());
+    let module = Arc::new(load(&engine(), "reference").unwrap());
+    assert_eq!(module.info().contract, Contract::V1_1);
+    let rules = catalogs
+        .regions()
+        .map(|c| (c.region.clone(), Arc::new(RegionRules::new(module.clone(), Arc::new(c.clone())).unwrap())))
+        .collect();
+    let wasm = Enricher::new(catalogs.clone(), LoadedRules { rules, unserved: Default::default() });
+    let native = native::Native::new(&catalogs, catalogs.regions(), module.info());
+
+    let mut generator = xtask::signups::Generator::new(&repo("catalogs/geonames/cities15000.csv"), 17).unwrap();
+    let mut inputs = generator.batch(3_000, None);
+    let berlin = |id: &str, postal: &str| {
+        format!(
+            r#"{{"user_id": "{id}", "location": {{"country": "DE", "postal_code": "{postal}", "lat": 52.52, "lon": 13.4}}}}"#
+        )
+    };
+    inputs.extend([
+        berlin("twelve", "10115-ABC123"),
+        berlin("sixteen", "1011500000000000"),
+        berlin("seventeen", "10115000000000000"),
+        berlin("not-ascii", "1011ü"),
+    ]);
+    let refs: Vec<&[u8]> = inputs.iter().map(|s| s.as_bytes()).collect();
+    let mut offered = 0;
+    for chunk in refs.chunks(100) {
+        for ((got, want), input) in wasm.enrich(chunk).outcomes.iter().zip(native.enrich(chunk)).zip(chunk) {
+            let input = String::from_utf8_lossy(input);
+            match (got, &want) {
+                (Outcome::Offer { line: got, .. }, Outcome::Offer { line: want, .. }) => {
+                    assert_eq!(String::from_utf8_lossy(got), String::from_utf8_lossy(want), "{input}");
+                    offered += 1;
+                }
+                (Outcome::DeadLetter { reason: got, .. }, Outcome::DeadLetter { reason: want, .. }) => {
+                    assert_eq!(got, want, "{input}");
+                }
+                _ => panic!("{input}: the module and the native rules disagree"),
+            }
+        }
+    }
+    assert!(offered > 2_500, "most generated sign-ups get offers: {offered}");
+
+    let elsewhere =
+        br#"{"user_id": "e", "region": "asia-pacific", "location": {"country": "DE", "lat": 52.5, "lon": 13.4}}"#;
+    match &wasm.enrich(&[elsewhere.as_slice()]).outcomes[0] {
+        Outcome::DeadLetter { reason: Reason::RuleRejected, line } => {
+            let line = String::from_utf8_lossy(line);
+            assert!(line.contains("country-not-served: country DE is not served by this region"), "{line}");
+        }
+        Outcome::DeadLetter { reason, .. } => panic!("declined as {reason:?}"),
+        Outcome::Offer { .. } => panic!("asia-pacific's rules offered plans in Germany"),
+    }
 }

@@ -47,7 +47,7 @@ pub fn run(options: &Options) -> Result<()> {
     std::fs::create_dir_all(&modules)?;
     xtask::ensure_guest_target()?;
     std::fs::write(modules.join("default.wasm"), xtask::build_component("offer-rules")?)?;
-    xtask::cargo(&["build", "--quiet", "--package", "offerd"])?;
+    crate::demo::build_offerd(true)?;
     if !root.join("node_modules/kinesalite/index.js").is_file() {
         npm_ci(&root)?;
     }

@@ -47,7 +47,7 @@ pub fn run(options: &Options) -> Result<()> {
     std::fs::write(modules.join("default.wasm"), &v1)?;
     let token_file = work.join("admin-token");
     std::fs::write(&token_file, TOKEN)?;
-    xtask::cargo(&["build", "--quiet", "--package", "offerd"])?;
+    crate::demo::build_offerd(false)?;
     if !root.join("node_modules/kinesis-local/main.js").is_file() {
         npm_ci(&root)?;
     }

@@ -4,8 +4,9 @@
 //! progress from offerd's metrics, prints a few offers and stops offerd.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -33,6 +34,29 @@ pub(crate) struct Streams {
     pub dead_letters: String,
 }
 
+/// The offerd binary this run of xtask starts, set by [`build_offerd`].
+static OFFERD: OnceLock<PathBuf> = OnceLock::new();
+
+/// Builds offerd: the dev build for the demo and the crash trials, the
+/// release build for the benches that measure its CPU (the dev build leaves
+/// the AWS SDK unoptimised).
+pub(crate) fn build_offerd(release: bool) -> Result<()> {
+    let root = xtask::workspace_root();
+    let (args, binary): (&[&str], _) = if release {
+        (&["build", "--quiet", "--release", "--package", "offerd"], root.join("target/release/offerd"))
+    } else {
+        (&["build", "--quiet", "--package", "offerd"], root.join("target/debug/offerd"))
+    };
+    xtask::cargo(args)?;
+    let chosen = OFFERD.get_or_init(|| binary.clone());
+    anyhow::ensure!(*chosen == binary, "offerd was already built as {}", chosen.display());
+    Ok(())
+}
+
+fn offerd_binary() -> &'static Path {
+    OFFERD.get().expect("build_offerd runs before offerd is started")
+}
+
 pub fn run(options: &Options) -> Result<()> {
     let root = xtask::workspace_root();
     let work = root.join("target/demo");
@@ -48,7 +72,7 @@ pub fn run(options: &Options) -> Result<()> {
     let _ = std::fs::remove_file(modules.join("europe.wasm"));
     let token_file = work.join("admin-token");
     std::fs::write(&token_file, format!("demo-{}\n", demo_token()))?;
-    xtask::cargo(&["build", "--quiet", "--package", "offerd"])?;
+    build_offerd(false)?;
 
     // A local Kinesis unless the caller points at one.
     let (_server, endpoint) = match std::env::var("AWS_ENDPOINT_URL") {
@@ -146,24 +170,33 @@ pub(crate) fn spawn_offerd(
     aws_env: &[(&str, String)],
     extra: &[&str],
 ) -> Result<Child> {
-    let binary = root.join("target/debug/offerd");
-    let mut command = Command::new(&binary);
+    let mut command = offerd_command(streams, modules, metrics_addr, aws_env);
+    command.arg("--catalogs").arg(root.join("catalogs")).args(extra);
+    if let Some(checkpoints) = checkpoints {
+        command.arg("--checkpoints").arg(checkpoints);
+    }
+    command.spawn().context("starting offerd")
+}
+
+/// `offerd run` (as [`build_offerd`] built it) on these streams and modules, without
+/// `--catalogs`: the caller adds it and whatever else it needs.
+pub(crate) fn offerd_command(
+    streams: &Streams,
+    modules: &Path,
+    metrics_addr: &str,
+    aws_env: &[(&str, String)],
+) -> Command {
+    let mut command = Command::new(offerd_binary());
     command
         .args(["run", "--input-stream", &streams.input, "--output-stream", &streams.output])
         .args(["--dead-letter-stream", &streams.dead_letters, "--metrics-addr", metrics_addr])
         .arg("--modules")
         .arg(modules)
-        .arg("--catalogs")
-        .arg(root.join("catalogs"))
-        .args(extra)
         .env("OFFERD_LOG", std::env::var("OFFERD_LOG").unwrap_or_else(|_| "warn".into()));
-    if let Some(checkpoints) = checkpoints {
-        command.arg("--checkpoints").arg(checkpoints);
-    }
     for (key, value) in aws_env {
         command.env(key, value);
     }
-    command.spawn().with_context(|| format!("starting {}", binary.display()))
+    command
 }
 
 /// Writes the sign-ups at the configured rate while printing progress once a
@@ -179,7 +212,7 @@ struct Publish<'a> {
 impl Publish<'_> {
     /// Validates locally (europe's golden cases included), then uploads.
     fn run(&self) -> Result<()> {
-        let status = Command::new(self.root.join("target/debug/offerd"))
+        let status = Command::new(offerd_binary())
             .args(["publish", "--region", "europe"])
             .arg(self.module)
             .arg("--catalogs")

@@ -44,7 +44,7 @@ pub fn run(options: &Options) -> Result<()> {
     xtask::ensure_guest_target()?;
     println!("building the reference rules module and offerd…");
     std::fs::write(modules.join("default.wasm"), xtask::build_component("offer-rules")?)?;
-    xtask::cargo(&["build", "--quiet", "--package", "offerd"])?;
+    crate::demo::build_offerd(false)?;
     if !root.join("node_modules/dynalite/cli.js").is_file()
         || !root.join("node_modules/kinesis-local/main.js").is_file()
     {

@@ -33,7 +33,16 @@ pub fn build_component(package: &str) -> Result<Vec<u8>> {
 /// # Errors
 /// As [`build_component`].
 pub fn build_component_as(package: &str, version: Option<&str>) -> Result<Vec<u8>> {
-    build(package, version, "guest")
+    build(package, version, "guest", None)
+}
+
+/// As [`build_component`], with cargo features of the package turned on
+/// (the reference rules' `contract-1-0`: the same rules at contract 1.0.0).
+///
+/// # Errors
+/// As [`build_component`].
+pub fn build_component_with_features(package: &str, features: &str) -> Result<Vec<u8>> {
+    build(package, None, "guest", Some(features))
 }
 
 /// As [`build_component`], but without optimisation (the dev profile): a
@@ -43,10 +52,10 @@ pub fn build_component_as(package: &str, version: Option<&str>) -> Result<Vec<u8
 /// # Errors
 /// As [`build_component`].
 pub fn build_component_unoptimised(package: &str) -> Result<Vec<u8>> {
-    build(package, None, "dev")
+    build(package, None, "dev", None)
 }
 
-fn build(package: &str, version: Option<&str>, profile: &str) -> Result<Vec<u8>> {
+fn build(package: &str, version: Option<&str>, profile: &str, features: Option<&str>) -> Result<Vec<u8>> {
     let root = workspace_root();
     let target_dir = root.join("target").join("guests");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -55,6 +64,9 @@ fn build(package: &str, version: Option<&str>, profile: &str) -> Result<Vec<u8>>
         .args(["build", "--quiet", "--package", package, "--target", GUEST_TARGET, "--profile", profile])
         .arg("--target-dir")
         .arg(&target_dir);
+    if let Some(features) = features {
+        cmd.args(["--features", features]);
+    }
     without_outer_build_flags(&mut cmd);
     match version {
         Some(v) => cmd.env("OFFER_RULES_VERSION", v),
@@ -123,6 +135,18 @@ pub fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
 /// When the module is not a wit-bindgen guest or fails validation.
 pub fn componentize(core: &[u8]) -> Result<Vec<u8>> {
     wit_component::ComponentEncoder::default().module(core)?.validate(true).encode()
+}
+
+/// Every row of a CSV file with a header.
+///
+/// # Errors
+/// The file is missing, or a row does not fit `T`.
+pub fn read_csv<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    csv::Reader::from_path(path)
+        .with_context(|| format!("opening {}", path.display()))?
+        .deserialize()
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading {}", path.display()))
 }
 
 pub mod component_edits;

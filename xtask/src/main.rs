@@ -1,6 +1,7 @@
 //! `cargo xtask <chore>`: see `--help`.
 
 mod bench_leases;
+mod bench_memory;
 mod bench_stream;
 mod catalogs;
 mod chaos;
@@ -73,6 +74,10 @@ enum Chore {
         #[arg(long, default_value_t = 40_000)]
         backlog: usize,
     },
+    /// Resident memory of `offerd run` through kinesalite: 5 regions, 50
+    /// regions sharing a module, 50 regions with a module each, then 16
+    /// shards; per-region and per-shard cost.
+    BenchMemory,
     /// Crash trials: SIGKILL `offerd run` at random moments under load (some
     /// during a module publication), restart it each time, drain, and count
     /// records lost and duplicated.
@@ -110,6 +115,7 @@ fn main() -> Result<()> {
             bench_stream::run(&bench_stream::Options { rate, seconds, burst, batch_window_ms })
         }
         Chore::BenchLeases { trials, backlog } => bench_leases::run(&bench_leases::Options { trials, backlog }),
+        Chore::BenchMemory => bench_memory::run(),
         Chore::Chaos { kills, signups, rate } => chaos::run(&chaos::Options { kills, signups, rate }),
         Chore::Test => test(),
     }

@@ -4,16 +4,25 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Deserialize;
 
+/// A row of `cities15000.csv`.
 #[derive(Deserialize)]
-struct City {
-    name: String,
-    country: String,
-    lat: f64,
-    lon: f64,
-    population: u64,
+pub struct City {
+    pub name: String,
+    pub country: String,
+    pub lat: f64,
+    pub lon: f64,
+    pub population: u64,
+}
+
+/// Every city of a GeoNames `cities15000.csv`.
+///
+/// # Errors
+/// The file is missing or malformed.
+pub fn cities(cities_csv: &Path) -> Result<Vec<City>> {
+    crate::read_csv(cities_csv)
 }
 
 /// Draws sign-ups from the cities of `cities15000.csv`.
@@ -40,11 +49,7 @@ impl Generator {
     /// # Errors
     /// The cities file is missing or malformed.
     pub fn new(cities_csv: &Path, seed: u64) -> Result<Self> {
-        let cities: Vec<City> = csv::Reader::from_path(cities_csv)
-            .with_context(|| format!("opening {}", cities_csv.display()))?
-            .deserialize()
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("reading {}", cities_csv.display()))?;
+        let cities = cities(cities_csv)?;
         let cumulative = cities
             .iter()
             .scan(0u64, |total, c| {

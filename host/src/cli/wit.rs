@@ -11,7 +11,10 @@ use clap::Args;
 
 /// Every contract version this binary accepts, oldest first: (version, WIT).
 /// The host's own bindings are generated from the newest.
-const CONTRACTS: &[(&str, &str)] = &[("1.0.0", include_str!("../../../wit/offers-rules.wit"))];
+const CONTRACTS: &[(&str, &str)] = &[
+    ("1.0.0", include_str!("../../../wit/1.0.0/offers-rules.wit")),
+    ("1.1.0", include_str!("../../../wit/offers-rules.wit")),
+];
 
 /// The file name inside the written directory.
 pub(super) const FILE: &str = "offers-rules.wit";

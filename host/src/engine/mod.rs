@@ -8,9 +8,11 @@
 //! - [`region`]: a module bound to one region's catalog ([`RegionRules`]),
 //!   with warm instances and poison-record isolation.
 //! - [`cache`]: compiled modules on disk, for restarts without compiling.
+//! - [`contract`]: the contract versions spoken, and calls at a module's own.
 //! - `convert`: host types to and from the contract's types.
 
 mod cache;
+mod contract;
 mod convert;
 mod limits;
 mod module;
@@ -23,6 +25,7 @@ use std::time::Duration;
 use crate::signing::TrustedKeys;
 
 pub use cache::ModuleCache;
+pub use contract::Contract;
 pub use limits::Limits;
 pub use module::{ModuleError, ModuleInfo, RuleModule, digest};
 pub use region::{Failure, FailureKind, Offer, RegionRules};
@@ -30,9 +33,6 @@ pub use region::{Failure, FailureKind, Offer, RegionRules};
 wasmtime::component::bindgen!({ path: "../wit", world: "offer-rules" });
 
 use exports::offers::rules::rules as wit;
-
-/// The contract version this host speaks, as exported by modules.
-pub const RULES_INTERFACE: &str = "offers:rules/rules@1.0.0";
 
 /// How often the epoch advances. A call's deadline is rounded up to whole
 /// ticks, so a runaway module is stopped within its timeout plus one tick.

@@ -2,10 +2,11 @@
 
 use sha2::{Digest, Sha256};
 use wasmtime::Store;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, InstancePre, Linker};
 
+use super::Engine;
+use super::contract::{Contract, Exports, Functions};
 use super::limits::MemoryCap;
-use super::{Engine, OfferRules, OfferRulesPre, RULES_INTERFACE};
 
 /// Why a module is refused. The old module, if any, keeps serving.
 #[derive(Debug, thiserror::Error)]
@@ -16,10 +17,10 @@ pub enum ModuleError {
     NotAComponent(String),
     #[error("module imports {0}; offer rules may import nothing")]
     HasImports(String),
-    #[error("module exports {found}; this host speaks {RULES_INTERFACE}")]
+    #[error("module exports {found}; this host speaks {spoken}", spoken = Contract::spoken())]
     WrongWorld { found: String },
-    #[error("module export {RULES_INTERFACE} does not match the contract: {0}")]
-    WrongShape(String),
+    #[error("module export {} does not match the contract: {detail}", .contract.interface())]
+    WrongShape { contract: Contract, detail: String },
     #[error("module metadata is unusable: {0}")]
     BadMetadata(String),
     #[error("module failed in {call}: {detail}")]
@@ -40,6 +41,8 @@ pub struct ModuleInfo {
     /// Key id of the trusted key that signed it; `None` when the host
     /// checks no signatures (`--trusted-keys` unset).
     pub signed_by: Option<String>,
+    /// The contract version the module exports (the newest, if several).
+    pub contract: Contract,
 }
 
 /// Per-store state: only the memory limiter.
@@ -50,7 +53,8 @@ pub(crate) struct StoreState {
 /// A component compiled once, ready to instantiate in microseconds.
 pub struct RuleModule {
     engine: Engine,
-    pre: OfferRulesPre<StoreState>,
+    pre: InstancePre<StoreState>,
+    exports: Exports,
     info: ModuleInfo,
 }
 
@@ -61,8 +65,9 @@ pub fn digest(bytes: &[u8]) -> String {
 }
 
 impl RuleModule {
-    /// Compiles and checks a component: no imports, exports exactly the
-    /// contract's interface and version, metadata with a semver version.
+    /// Compiles and checks a component: no imports, exports the contract's
+    /// interface at a version this host speaks (the newest is used when it
+    /// exports several), metadata with a semver version.
     ///
     /// # Errors
     /// A [`ModuleError`] naming what was found instead.
@@ -85,21 +90,30 @@ impl RuleModule {
             return Err(ModuleError::HasImports(imports.join(", ")));
         }
         let exports: Vec<&str> = ty.exports(&engine.inner).map(|(name, _)| name).collect();
-        if !exports.contains(&RULES_INTERFACE) {
+        let Some(contract) = Contract::ALL.into_iter().find(|c| exports.contains(&c.interface())) else {
             let found = if exports.is_empty() { "nothing".to_owned() } else { exports.join(", ") };
             return Err(ModuleError::WrongWorld { found });
-        }
-        let pre = Linker::new(&engine.inner)
-            .instantiate_pre(&component)
-            .and_then(OfferRulesPre::new)
-            .map_err(|e| ModuleError::WrongShape(format!("{e:#}")))?;
+        };
+        let wrong_shape = |detail: String| ModuleError::WrongShape { contract, detail };
+        let pre = Linker::new(&engine.inner).instantiate_pre(&component).map_err(|e| wrong_shape(format!("{e:#}")))?;
+        let exports = Exports::find(&pre, contract).map_err(wrong_shape)?;
         let mut module = Self {
             engine: engine.clone(),
             pre,
-            info: ModuleInfo { name: String::new(), version: semver::Version::new(0, 0, 0), digest, signed_by },
+            exports,
+            info: ModuleInfo {
+                name: String::new(),
+                version: semver::Version::new(0, 0, 0),
+                digest,
+                signed_by,
+                contract,
+            },
         };
-        let (mut store, bindings) = module.instantiate().map_err(|e| failed("instantiate", &e))?;
-        let meta = bindings.offers_rules_rules().call_metadata(&mut store).map_err(|e| failed("metadata", &e))?;
+        let mut store = module.store();
+        let instance = module.pre.instantiate(&mut store).map_err(|e| failed("instantiate", &e))?;
+        let functions =
+            Functions::load(&module.exports, &mut store, &instance).map_err(|e| wrong_shape(format!("{e:#}")))?;
+        let meta = functions.metadata(&mut store).map_err(|e| failed("metadata", &e))?;
         check_name(&meta.name).map_err(ModuleError::BadMetadata)?;
         if meta.version.len() > MAX_NAME_CHARS {
             return Err(ModuleError::BadMetadata(format!(
@@ -122,13 +136,19 @@ impl RuleModule {
     }
 
     /// A fresh instance in its own store, bounded by the engine's limits.
-    pub(crate) fn instantiate(&self) -> wasmtime::Result<(Store<StoreState>, OfferRules)> {
+    pub(super) fn instantiate(&self) -> wasmtime::Result<(Store<StoreState>, Functions)> {
+        let mut store = self.store();
+        let instance = self.pre.instantiate(&mut store)?;
+        let functions = Functions::load(&self.exports, &mut store, &instance)?;
+        Ok((store, functions))
+    }
+
+    fn store(&self) -> Store<StoreState> {
         let limits = self.engine.limits;
         let mut store = Store::new(&self.engine.inner, StoreState { limiter: MemoryCap { cap: limits.memory_bytes } });
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(self.engine.deadline_ticks());
-        let bindings = self.pre.instantiate(&mut store)?;
-        Ok((store, bindings))
+        store
     }
 }
 

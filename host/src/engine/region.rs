@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use wasmtime::Store;
 
+use super::contract::{Batch, Contract, Functions, Results};
 use super::limits::MemoryCapExceeded;
 use super::module::{ModuleError, RuleModule, StoreState};
-use super::{OfferRules, convert, wit};
+use super::{convert, wit};
 use crate::catalog::RegionCatalog;
 use crate::signup::SignUp;
 
@@ -47,7 +48,7 @@ pub struct Failure {
 /// An instance whose `init` has run: reused across batches until it traps.
 struct Primed {
     store: Store<StoreState>,
-    bindings: OfferRules,
+    functions: Functions,
 }
 
 /// Most primed instances kept idle per region: one per shard enriching the
@@ -62,6 +63,9 @@ pub struct RegionRules {
     catalog: Arc<RegionCatalog>,
     /// Built once: `init` runs per instance, not per batch.
     wit_catalog: wit::Catalog,
+    /// For 1.1 modules: per country slot ([`convert::country_slot`]), its
+    /// index in the catalog's countries.
+    country_index: Vec<Option<u16>>,
     idle: Mutex<Vec<Primed>>,
     /// Instances in calls now, and the most at once since the last trim.
     busy: AtomicUsize,
@@ -94,6 +98,7 @@ impl RegionRules {
     pub fn new(module: Arc<RuleModule>, catalog: Arc<RegionCatalog>) -> Result<Self, ModuleError> {
         let rules = Self {
             wit_catalog: convert::catalog(&catalog),
+            country_index: convert::country_index(&catalog.countries),
             module,
             catalog,
             idle: Mutex::new(Vec::new()),
@@ -140,12 +145,15 @@ impl RegionRules {
     /// fail as timeouts.
     pub fn enrich(&self, batch: &[&SignUp<'_>]) -> Vec<Result<Vec<Offer>, Failure>> {
         let deadline = Instant::now() + self.module.engine().limits().batch_budget;
-        let inputs: Vec<wit::SignUp> = batch.iter().map(|s| convert::signup(s)).collect();
-        let mut results: Vec<Option<Result<Vec<Offer>, Failure>>> = vec![None; inputs.len()];
+        let mut results: Vec<Option<Result<Vec<Offer>, Failure>>> = vec![None; batch.len()];
+        let inputs = self.inputs(batch, &mut results);
         // Ranges still to serve, the next one last.
         let mut todo: Vec<Range<usize>> = Vec::with_capacity(16);
         todo.push(0..inputs.len());
         while let Some(range) = todo.pop() {
+            if range.is_empty() {
+                continue;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 let budget = self.module.engine().limits().batch_budget;
@@ -155,18 +163,18 @@ impl RegionRules {
                 };
                 for range in std::iter::once(range).chain(todo.drain(..)) {
                     for i in range {
-                        results[i] = Some(Err(spent.clone()));
+                        results[inputs.position(i)] = Some(Err(spent.clone()));
                     }
                 }
                 break;
             }
-            match self.call(&inputs[range.clone()], left) {
+            match self.call(inputs.batch(range.clone()), left) {
                 Ok(served) => {
                     for (i, result) in range.zip(served) {
-                        results[i] = Some(self.check(result));
+                        results[inputs.position(i)] = Some(result);
                     }
                 }
-                Err(failure) if range.len() == 1 => results[range.start] = Some(Err(failure)),
+                Err(failure) if range.len() == 1 => results[inputs.position(range.start)] = Some(Err(failure)),
                 Err(_) => {
                     let middle = range.start + range.len() / 2;
                     todo.push(middle..range.end);
@@ -177,14 +185,38 @@ impl RegionRules {
         results.into_iter().map(|r| r.expect("every record is served, failed or timed out")).collect()
     }
 
+    /// The batch in the form the module's contract version takes. A 1.1
+    /// module sees only sign-ups of its catalog's countries: the others are
+    /// declined here, as `country-not-served`, into `results`.
+    fn inputs(&self, batch: &[&SignUp<'_>], results: &mut [Option<Result<Vec<Offer>, Failure>>]) -> Inputs {
+        match self.module.info().contract {
+            Contract::V1_0 => Inputs::V1_0(batch.iter().map(|s| convert::signup(s)).collect()),
+            Contract::V1_1 => {
+                let mut signups = Vec::with_capacity(batch.len());
+                let mut positions = Vec::with_capacity(batch.len());
+                for (i, s) in batch.iter().enumerate() {
+                    match convert::compact_signup(s, &self.country_index) {
+                        Some(compact) => {
+                            signups.push(compact);
+                            positions.push(i);
+                        }
+                        None => {
+                            let error = wit::RuleError::CountryNotServed(s.country.to_string());
+                            results[i] = Some(Err(convert::rejection(&error)));
+                        }
+                    }
+                }
+                Inputs::V1_1 { signups, positions }
+            }
+        }
+    }
+
     /// One bounded `enrich` call on a primed instance, stopped at the call
     /// timeout or `left`, whichever is sooner. The instance goes back to the
     /// pool only if the call succeeded: after a trap it is poisoned.
-    fn call(
-        &self,
-        inputs: &[wit::SignUp],
-        left: Duration,
-    ) -> Result<Vec<Result<Vec<wit::Offer>, wit::RuleError>>, Failure> {
+    /// A result that breaks the contract as a whole (its count or order)
+    /// fails the call; one record's bad offers fail that record.
+    fn call(&self, batch: Batch<'_>, left: Duration) -> Result<Vec<Result<Vec<Offer>, Failure>>, Failure> {
         let _busy = Busy::start(self);
         let idle = self.idle.lock().expect("pool lock is never held across a panic").pop();
         let mut primed = match idle {
@@ -193,53 +225,172 @@ impl RegionRules {
         };
         let engine = self.module.engine();
         primed.store.set_epoch_deadline(engine.deadline_ticks().min(engine.ticks(left)));
-        let results =
-            primed.bindings.offers_rules_rules().call_enrich(&mut primed.store, inputs).map_err(|e| classify(&e))?;
-        if results.len() != inputs.len() {
-            return Err(Failure {
-                kind: FailureKind::BadResult,
-                detail: format!("module returned {} results for {} sign-ups", results.len(), inputs.len()),
-            });
-        }
+        let sent = batch.len();
+        let results = primed.functions.enrich(&mut primed.store, batch).map_err(|e| classify(&e))?;
+        let checked = match (results, batch) {
+            (Results::V1_0(results), _) if results.len() != sent => {
+                return Err(bad_result(format!("module returned {} results for {sent} sign-ups", results.len())));
+            }
+            (Results::V1_0(results), _) => results
+                .into_iter()
+                .map(|r| r.map_err(|e| convert::rejection(&e)).and_then(|offers| checked(&offers, &self.catalog)))
+                .collect(),
+            (Results::V1_1(flat), Batch::V1_1(compact)) => unflattened(&flat, compact, &self.catalog)?,
+            (Results::V1_1(_), Batch::V1_0(_)) => unreachable!("a module answers in the version it was called at"),
+        };
         let mut idle = self.idle.lock().expect("pool lock is never held across a panic");
         if idle.len() < MAX_IDLE {
             idle.push(primed);
         }
-        Ok(results)
+        Ok(checked)
     }
 
     fn prime(&self) -> Result<Primed, ModuleError> {
-        let (mut store, bindings) = self
+        let (mut store, functions) = self
             .module
             .instantiate()
             .map_err(|e| ModuleError::Failed { call: "instantiate", detail: classify(&e).detail })?;
-        bindings
-            .offers_rules_rules()
-            .call_init(&mut store, &self.wit_catalog)
+        functions
+            .init(&mut store, &self.wit_catalog)
             .map_err(|e| ModuleError::Failed { call: "init", detail: classify(&e).detail })?
             .map_err(|e| ModuleError::CatalogRefused {
                 region: self.catalog.region.clone(),
                 field: e.field,
                 reason: e.reason,
             })?;
-        Ok(Primed { store, bindings })
+        Ok(Primed { store, functions })
+    }
+}
+
+/// One sign-up's offers as host offers, refusing more than the
+/// catalog's `max_offers` and indices outside the catalog.
+fn checked<'a>(
+    offers: impl IntoIterator<Item = &'a wit::Offer, IntoIter: ExactSizeIterator>,
+    catalog: &RegionCatalog,
+) -> Result<Vec<Offer>, Failure> {
+    let offers = offers.into_iter();
+    if offers.len() > catalog.max_offers as usize {
+        return Err(bad_result(format!(
+            "module returned {} offers; the catalog allows {}",
+            offers.len(),
+            catalog.max_offers
+        )));
+    }
+    offers.map(|o| convert::offer(o, catalog)).collect()
+}
+
+/// A 1.1 batch result as one result per sign-up of `batch`. Offers and
+/// rejections must each be in sign-up order, at most one rejection per
+/// sign-up, never both for one: otherwise the call fails (bisection then
+/// finds the records). So at most `batch.len()` reasons are copied out of
+/// `flat.reasons`, each at most [`MAX_REASON_BYTES`].
+fn unflattened(
+    flat: &wit::BatchResult,
+    batch: &[wit::CompactSignUp],
+    catalog: &RegionCatalog,
+) -> Result<Vec<Result<Vec<Offer>, Failure>>, Failure> {
+    let sent = batch.len();
+    let mut results: Vec<Option<Result<Vec<Offer>, Failure>>> = vec![None; sent];
+    let mut previous = None;
+    let mut rest = flat.offers.as_slice();
+    while let Some(first) = rest.first() {
+        let i = first.sign_up as usize;
+        if i >= sent || previous.is_some_and(|p| p >= i) {
+            return Err(bad_result(format!(
+                "module returned offers for sign-up {i} out of order or outside the batch of {sent}"
+            )));
+        }
+        previous = Some(i);
+        let run = rest.iter().take_while(|o| o.sign_up == first.sign_up).count();
+        results[i] = Some(checked(rest[..run].iter().map(|o| &o.offer), catalog));
+        rest = &rest[run..];
+    }
+    let mut previous = None;
+    for rejection in &flat.rejections {
+        let i = rejection.sign_up as usize;
+        if i >= sent || previous.is_some_and(|p| p >= i) {
+            return Err(bad_result(format!("module declined sign-up {i} out of order or outside the batch of {sent}")));
+        }
+        if results[i].is_some() {
+            return Err(bad_result(format!("module both offered and declined sign-up {i}")));
+        }
+        previous = Some(i);
+        results[i] = Some(Err(declined(rejection, &batch[i], &flat.reasons, catalog)));
+    }
+    // Neither offered nor declined: no offers, as an empty list in 1.0.
+    Ok(results.into_iter().map(|r| r.unwrap_or_else(|| Ok(Vec::new()))).collect())
+}
+
+/// A 1.1 rejection as the failure 1.0's `rule-error` gives.
+fn declined(
+    rejection: &wit::BatchRejection,
+    signup: &wit::CompactSignUp,
+    reasons: &str,
+    catalog: &RegionCatalog,
+) -> Failure {
+    let reason = match rejection.reason {
+        None => "",
+        Some((_, len)) if len as usize > MAX_REASON_BYTES => {
+            return bad_result(format!(
+                "module gave a rejection reason of {len} bytes; the limit is {MAX_REASON_BYTES}"
+            ));
+        }
+        Some((start, len)) => match reasons.get(start as usize..start as usize + len as usize) {
+            Some(reason) => reason,
+            None => {
+                return bad_result(format!(
+                    "module gave a rejection reason at bytes {start}..+{len} of {} bytes of reasons",
+                    reasons.len()
+                ));
+            }
+        },
+    };
+    let error = match rejection.kind {
+        wit::RejectionKind::CountryNotServed => {
+            let country = catalog.countries.get(usize::from(signup.country)).map_or("?", String::as_str);
+            wit::RuleError::CountryNotServed(country.to_owned())
+        }
+        wit::RejectionKind::NoCoverage => wit::RuleError::NoCoverage,
+        wit::RejectionKind::Unusable => wit::RuleError::Unusable(reason.to_owned()),
+    };
+    convert::rejection(&error)
+}
+
+fn bad_result(detail: String) -> Failure {
+    Failure { kind: FailureKind::BadResult, detail }
+}
+
+/// A batch converted for the module's contract version.
+enum Inputs {
+    V1_0(Vec<wit::SignUp>),
+    /// `positions[i]`: where `signups[i]` is in the batch (sign-ups the host
+    /// declined itself are not sent).
+    V1_1 {
+        signups: Vec<wit::CompactSignUp>,
+        positions: Vec<usize>,
+    },
+}
+
+impl Inputs {
+    fn len(&self) -> usize {
+        match self {
+            Inputs::V1_0(signups) => signups.len(),
+            Inputs::V1_1 { signups, .. } => signups.len(),
+        }
     }
 
-    /// Turns a module result into offers, refusing more offers than the
-    /// catalog's `max_offers` and indices outside the catalog.
-    fn check(&self, result: Result<Vec<wit::Offer>, wit::RuleError>) -> Result<Vec<Offer>, Failure> {
-        let offers = result.map_err(|e| convert::rejection(&e))?;
-        if offers.len() > self.catalog.max_offers as usize {
-            return Err(Failure {
-                kind: FailureKind::BadResult,
-                detail: format!(
-                    "module returned {} offers; the catalog allows {}",
-                    offers.len(),
-                    self.catalog.max_offers
-                ),
-            });
+    fn batch(&self, range: Range<usize>) -> Batch<'_> {
+        match self {
+            Inputs::V1_0(signups) => Batch::V1_0(&signups[range]),
+            Inputs::V1_1 { signups, .. } => Batch::V1_1(&signups[range]),
         }
-        offers.into_iter().map(|o| convert::offer(&o, &self.catalog)).collect()
+    }
+
+    fn position(&self, i: usize) -> usize {
+        match self {
+            Inputs::V1_0(_) => i,
+            Inputs::V1_1 { positions, .. } => positions[i],
+        }
     }
 }
 
@@ -301,6 +452,91 @@ fn readable(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn catalog() -> RegionCatalog {
+        let catalogs =
+            crate::catalog::Catalogs::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../catalogs"))
+                .expect("the stock catalogs load");
+        catalogs.region("europe").expect("europe is a stock region").clone()
+    }
+
+    fn offer(sign_up: u32, plan: u32) -> wit::BatchOffer {
+        wit::BatchOffer { sign_up, offer: wit::Offer { plan, monthly_price_minor: 100, promo: None } }
+    }
+
+    fn rejection(sign_up: u32) -> wit::BatchRejection {
+        wit::BatchRejection { sign_up, kind: wit::RejectionKind::NoCoverage, reason: None }
+    }
+
+    /// `n` sign-ups from the catalog's second country.
+    fn batch(n: usize) -> Vec<wit::CompactSignUp> {
+        let signup = wit::CompactSignUp {
+            country: 1,
+            postal_code: None,
+            coordinates: None,
+            segment: wit::Segment::Residential,
+            signed_up_day: None,
+        };
+        vec![signup; n]
+    }
+
+    fn result(offers: Vec<wit::BatchOffer>, rejections: Vec<wit::BatchRejection>, reasons: &str) -> wit::BatchResult {
+        wit::BatchResult { offers, rejections, reasons: reasons.into() }
+    }
+
+    #[test]
+    fn flat_results_become_one_result_per_sign_up() {
+        let catalog = catalog();
+        let unusable = |sign_up, reason| wit::BatchRejection { sign_up, kind: wit::RejectionKind::Unusable, reason };
+        let not_served = wit::BatchRejection { sign_up: 6, kind: wit::RejectionKind::CountryNotServed, reason: None };
+        let flat = result(
+            vec![offer(0, 3), offer(0, 1), offer(2, 9999), offer(3, 0)],
+            vec![rejection(1), unusable(4, Some((4, 6))), unusable(5, Some((8, 6))), not_served],
+            "abc bad code",
+        );
+        let results = unflattened(&flat, &batch(8), &catalog).unwrap();
+        let plans: Vec<usize> = results[0].as_ref().unwrap().iter().map(|o| o.plan).collect();
+        assert_eq!(plans, [3, 1], "rank order kept");
+        assert_eq!(results[1].as_ref().unwrap_err().kind, FailureKind::Rejected("no-coverage"));
+        // A bad index fails its own sign-up only.
+        assert_eq!(results[2].as_ref().unwrap_err().kind, FailureKind::BadResult);
+        assert_eq!(results[3].as_ref().unwrap()[0].plan, 0);
+        assert_eq!(results[4].as_ref().unwrap_err().detail, "unusable: bad co");
+        // A reason outside the reasons fails its own sign-up only.
+        assert_eq!(results[5].as_ref().unwrap_err().kind, FailureKind::BadResult);
+        let country = &catalog.countries[1];
+        assert_eq!(
+            results[6].as_ref().unwrap_err().detail,
+            format!("country-not-served: country {country} is not served by this region")
+        );
+        assert_eq!(results[7], Ok(Vec::new()), "in neither list: no offers");
+    }
+
+    #[test]
+    fn flat_results_that_break_the_contract_fail_the_call_or_the_sign_up() {
+        let catalog = catalog();
+        let call_fails = |offers: Vec<wit::BatchOffer>, rejections: Vec<wit::BatchRejection>, sent: usize| {
+            unflattened(&result(offers, rejections, ""), &batch(sent), &catalog).map(|_| ()).unwrap_err().detail
+        };
+        assert!(call_fails(vec![offer(0, 0)], vec![rejection(0)], 1).contains("both offered and declined"));
+        assert!(call_fails(vec![offer(1, 0), offer(0, 0)], vec![], 2).contains("out of order"));
+        // Offers of one sign-up must be consecutive.
+        assert!(call_fails(vec![offer(0, 0), offer(1, 0), offer(0, 1)], vec![], 2).contains("out of order"));
+        assert!(call_fails(vec![offer(5, 0)], vec![], 2).contains("outside the batch of 2"));
+        assert!(call_fails(vec![], vec![rejection(1), rejection(0)], 2).contains("out of order"));
+        assert!(call_fails(vec![], vec![rejection(0), rejection(0)], 2).contains("out of order"));
+        assert!(call_fails(vec![], vec![rejection(u32::MAX)], 1).contains("outside the batch"));
+        let too_many = (0..=catalog.max_offers).map(|_| offer(0, 0)).collect();
+        let results = unflattened(&result(too_many, vec![], ""), &batch(1), &catalog).unwrap();
+        assert!(results[0].as_ref().unwrap_err().detail.contains("the catalog allows"));
+        let long = wit::BatchRejection {
+            sign_up: 0,
+            kind: wit::RejectionKind::Unusable,
+            reason: Some((0, MAX_REASON_BYTES as u32 + 1)),
+        };
+        let results = unflattened(&result(vec![], vec![long], &"x".repeat(2_000)), &batch(1), &catalog).unwrap();
+        assert!(results[0].as_ref().unwrap_err().detail.contains("the limit is 1024"));
+    }
 
     #[test]
     fn symbols_are_demangled_without_disambiguators_and_runtime_frames_are_skipped() {

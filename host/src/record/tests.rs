@@ -46,6 +46,7 @@ fn offer_record_has_the_documented_shape_and_escapes_strings() {
         version: semver::Version::new(1, 2, 3),
         digest: "sha256:abc".into(),
         signed_by: None,
+        contract: crate::engine::Contract::V1_1,
     };
     let encoder = OfferEncoder::new(&catalog(), &info);
     let input = br#"{"user_id": "u-\"1\"\n", "location": {"country": "DE"}}"#;
@@ -130,6 +131,7 @@ fn stream_outputs_name_their_source_as_their_last_field() {
         version: semver::Version::new(1, 0, 0),
         digest: "sha256:abc".into(),
         signed_by: None,
+        contract: crate::engine::Contract::V1_1,
     };
     let encoder = OfferEncoder::new(&catalog(), &info);
     let signup = SignUp::decode(br#"{"user_id": "u", "location": {"country": "DE"}}"#).unwrap();

@@ -6,7 +6,8 @@
 //! makes `init` trap.
 #![cfg(target_arch = "wasm32")]
 
-wit_bindgen::generate!({ path: "../../../wit", world: "offer-rules" });
+// The 1.0 contract on purpose: the host keeps serving modules built against it.
+wit_bindgen::generate!({ path: "../../../wit/1.0.0", world: "offer-rules" });
 
 use exports::offers::rules::rules::{Catalog, CatalogError, Guest, ModuleInfo, Offer, RuleError, SignUp};
 
