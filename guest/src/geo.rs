@@ -22,18 +22,10 @@ fn chord2(a: &Unit, b: &Unit) -> f64 {
     (a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)
 }
 
-/// The squared chord of a great-circle distance: compare with [`Nearby::chord2`].
-pub fn chord2_for_km(km: f64) -> f64 {
+/// The squared chord of a great-circle distance.
+fn chord2_for_km(km: f64) -> f64 {
     let half_angle = (km / EARTH_RADIUS_KM / 2.0).min(std::f64::consts::FRAC_PI_2);
     (2.0 * half_angle.sin()).powi(2)
-}
-
-/// A metro near a sign-up.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Nearby {
-    /// Squared chord to the sign-up on the unit sphere.
-    pub chord2: f64,
-    pub population: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -73,8 +65,10 @@ impl MetroIndex {
         Self { entries, bands }
     }
 
-    /// Every metro within `radius_km` of the point, appended to `out`.
-    pub fn within(&self, lat: f64, lon: f64, radius_km: f64, out: &mut Vec<Nearby>) {
+    /// Whether a metro of at least `min_population` lies within `radius_km`
+    /// of the point. Stops at the first: a sign-up in a dense region costs
+    /// no more than one in a sparse one.
+    pub fn any_within(&self, lat: f64, lon: f64, radius_km: f64, min_population: u64) -> bool {
         let here = unit(lat, lon);
         let limit = chord2_for_km(radius_km);
         // Widest longitude difference inside a spherical cap of angular
@@ -100,14 +94,16 @@ impl MetroIndex {
             let entries = &self.entries[self.bands[band]..self.bands[band + 1]];
             for (from, to) in windows.iter().filter(|w| !w.0.is_nan()) {
                 let start = entries.partition_point(|e| e.lon < *from);
-                for m in entries[start..].iter().take_while(|e| e.lon <= *to) {
-                    let chord2 = chord2(&here, &m.unit);
-                    if chord2 <= limit {
-                        out.push(Nearby { chord2, population: m.population });
-                    }
+                if entries[start..]
+                    .iter()
+                    .take_while(|e| e.lon <= *to)
+                    .any(|m| m.population >= min_population && chord2(&here, &m.unit) <= limit)
+                {
+                    return true;
                 }
             }
         }
+        false
     }
 }
 
@@ -135,21 +131,20 @@ mod tests {
     }
 
     #[test]
-    fn index_finds_only_metros_inside_the_radius() {
+    fn index_finds_only_metros_inside_the_radius_and_large_enough() {
         let metros = [
             Metro { lat: 52.52, lon: 13.405, population: 3_600_000 }, // Berlin
             Metro { lat: 52.39, lon: 13.06, population: 180_000 },    // Potsdam, ~27 km
             Metro { lat: 48.137, lon: 11.575, population: 1_500_000 }, // Munich
         ];
         let index = MetroIndex::new(&metros);
-        let mut out = Vec::new();
-        index.within(52.52, 13.40, 30.0, &mut out);
-        let mut pops: Vec<u64> = out.iter().map(|n| n.population).collect();
-        pops.sort();
-        assert_eq!(pops, vec![180_000, 3_600_000]);
-        out.clear();
-        index.within(52.52, 13.40, 20.0, &mut out);
-        assert_eq!(out.len(), 1);
+        // From Potsdam's centre: Potsdam at 0 km, Berlin at ~27 km.
+        assert!(index.any_within(52.39, 13.06, 5.0, 100_000));
+        assert!(!index.any_within(52.39, 13.06, 5.0, 1_000_000));
+        assert!(index.any_within(52.39, 13.06, 30.0, 1_000_000));
+        assert!(!index.any_within(52.39, 13.06, 20.0, 1_000_000));
+        assert!(index.any_within(52.39, 13.06, 520.0, 1_500_000));
+        assert!(!index.any_within(52.39, 13.06, 520.0, 4_000_000));
     }
 
     /// Against a brute-force scan, on a dense random field and random queries.
@@ -164,34 +159,27 @@ mod tests {
             .map(|i| Metro { lat: next() * 180.0 - 90.0, lon: next() * 360.0 - 180.0, population: i })
             .collect();
         let index = MetroIndex::new(&metros);
-        for _ in 0..500 {
+        let (mut hits, mut misses) = (0, 0);
+        for _ in 0..2000 {
             let (lat, lon, radius) = (next() * 180.0 - 90.0, next() * 360.0 - 180.0, next() * 800.0);
-            let mut got = Vec::new();
-            index.within(lat, lon, radius, &mut got);
-            let mut got: Vec<u64> = got.iter().map(|n| n.population).collect();
-            got.sort();
-            let want: Vec<u64> = metros
-                .iter()
-                .filter(|m| haversine_km(lat, lon, m.lat, m.lon) <= radius * 0.9999)
-                .map(|m| m.population)
-                .collect();
-            let loose: Vec<u64> = metros
-                .iter()
-                .filter(|m| haversine_km(lat, lon, m.lat, m.lon) <= radius * 1.0001)
-                .map(|m| m.population)
-                .collect();
-            assert!(
-                want.iter().all(|p| got.contains(p)) && got.iter().all(|p| loose.contains(p)),
-                "{lat},{lon} r={radius}"
-            );
+            let min_population = (next() * 3000.0) as u64;
+            let got = index.any_within(lat, lon, radius, min_population);
+            let inside = |factor: f64| {
+                metros
+                    .iter()
+                    .any(|m| m.population >= min_population && haversine_km(lat, lon, m.lat, m.lon) <= radius * factor)
+            };
+            // Within rounding: found when one is surely inside, not when none is near.
+            assert!(!inside(0.9999) || got, "{lat},{lon} r={radius} p={min_population}: missed");
+            assert!(inside(1.0001) || !got, "{lat},{lon} r={radius} p={min_population}: none inside");
+            if got { hits += 1 } else { misses += 1 }
         }
+        assert!(hits > 100 && misses > 100, "{hits} hits, {misses} misses: the test covers both");
     }
 
     #[test]
     fn queries_wrap_across_the_antimeridian() {
         let index = MetroIndex::new(&[Metro { lat: 0.0, lon: -179.9, population: 1 }]);
-        let mut out = Vec::new();
-        index.within(0.0, 179.9, 25.0, &mut out);
-        assert_eq!(out.len(), 1);
+        assert!(index.any_within(0.0, 179.9, 25.0, 1));
     }
 }

@@ -2,7 +2,7 @@
 //! promo applies, and in what order the offers are shown.
 
 use crate::catalog::{Catalog, CatalogError, Plan, Promo, Segment};
-use crate::geo::{MetroIndex, Nearby, chord2_for_km};
+use crate::geo::MetroIndex;
 
 /// A validated, routed sign-up. Borrowed: the adapter and the host both hold
 /// the strings already.
@@ -46,10 +46,12 @@ const MAX_POSTAL_CODE_LEN: usize = 12;
 pub struct Rules {
     catalog: Catalog,
     metros: MetroIndex,
-    /// Largest coverage radius of any plan: the one metro query per sign-up.
-    max_coverage_km: f64,
-    /// Per plan, its coverage radius as a squared chord (see [`crate::geo`]).
-    coverage_chord2: Vec<f64>,
+    /// The plans' distinct coverage requirements, (max km, min population):
+    /// a few per catalog, however many plans. Each is one early-exit metro
+    /// query per sign-up, made only when a plan that needs it is in play.
+    coverage_classes: Vec<(f64, u64)>,
+    /// Per plan, its index in `coverage_classes`.
+    coverage_class: Vec<Option<usize>>,
     /// Plan indices in rank order: residential, then business.
     rank: [Vec<u32>; 2],
     /// Per plan, the plans that make it pointless wherever they are also
@@ -80,9 +82,19 @@ impl Rules {
     pub fn new(catalog: Catalog) -> Result<Self, CatalogError> {
         catalog.check()?;
         let metros = MetroIndex::new(&catalog.metros);
-        let max_coverage_km = catalog.plans.iter().filter_map(|p| p.coverage).map(|c| c.max_km).fold(0.0, f64::max);
-        let coverage_chord2 =
-            catalog.plans.iter().map(|p| p.coverage.map_or(0.0, |c| chord2_for_km(c.max_km))).collect();
+        let mut coverage_classes: Vec<(f64, u64)> = Vec::new();
+        let coverage_class = catalog
+            .plans
+            .iter()
+            .map(|p| {
+                let c = p.coverage?;
+                let class = (c.max_km, c.min_population);
+                Some(coverage_classes.iter().position(|&k| k == class).unwrap_or_else(|| {
+                    coverage_classes.push(class);
+                    coverage_classes.len() - 1
+                }))
+            })
+            .collect();
         let plans = &catalog.plans;
         let ranked = |key: &dyn Fn(&Plan) -> (u64, u64, u64)| {
             let mut order: Vec<u32> = (0..plans.len() as u32).collect();
@@ -103,7 +115,7 @@ impl Rules {
         for slot in catalog.countries.iter().filter_map(|c| country_slot(c)) {
             served[slot] = true;
         }
-        Ok(Self { catalog, metros, max_coverage_km, coverage_chord2, rank, dominators, served })
+        Ok(Self { catalog, metros, coverage_classes, coverage_class, rank, dominators, served })
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -121,13 +133,20 @@ impl Rules {
         if let Some(code) = signup.postal_code {
             check_postal_code(code)?;
         }
-        let mut nearby = Vec::new();
-        if let Some((lat, lon)) = signup.coordinates {
-            self.metros.within(lat, lon, self.max_coverage_km, &mut nearby);
-        }
+        // Per coverage class: unknown until a plan in play needs it.
+        let mut covered: Vec<Option<bool>> = vec![None; self.coverage_classes.len()];
+        let mut in_reach = |class: usize| {
+            *covered[class].get_or_insert_with(|| {
+                let (max_km, min_population) = self.coverage_classes[class];
+                signup.coordinates.is_some_and(|(lat, lon)| self.metros.any_within(lat, lon, max_km, min_population))
+            })
+        };
         let plans = &self.catalog.plans;
-        let eligible: Vec<bool> =
-            plans.iter().zip(&self.coverage_chord2).map(|(p, &c)| deliverable(p, c, signup, &nearby)).collect();
+        let eligible: Vec<bool> = plans
+            .iter()
+            .zip(&self.coverage_class)
+            .map(|(p, class)| sold_to(p, signup) && class.is_none_or(&mut in_reach))
+            .collect();
         let offers: Vec<Offer> = self.rank[segment_slot(signup.segment)]
             .iter()
             .map(|&i| i as usize)
@@ -178,8 +197,9 @@ fn postal_starts_with(code: &str, prefix: &str) -> bool {
     prefix.bytes().all(|p| code.next() == Some(p.to_ascii_uppercase()))
 }
 
-/// `coverage_chord2`: the plan's coverage radius as a squared chord.
-fn deliverable(plan: &Plan, coverage_chord2: f64, signup: &SignUp<'_>, nearby: &[Nearby]) -> bool {
+/// The plan is sold to this segment, country and postal code (coverage is
+/// checked apart, per class).
+fn sold_to(plan: &Plan, signup: &SignUp<'_>) -> bool {
     if plan.segment.is_some_and(|s| s != signup.segment) {
         return false;
     }
@@ -192,10 +212,7 @@ fn deliverable(plan: &Plan, coverage_chord2: f64, signup: &SignUp<'_>, nearby: &
             return false;
         }
     }
-    match plan.coverage {
-        None => true,
-        Some(c) => nearby.iter().any(|n| n.population >= c.min_population && n.chord2 <= coverage_chord2),
-    }
+    true
 }
 
 /// `a` makes `b` pointless: at least as fast both ways, no dearer, and better

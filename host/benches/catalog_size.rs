@@ -104,9 +104,13 @@ fn main() -> anyhow::Result<()> {
 
 /// `plans` plans and the given cities as metro areas, on `base`'s terms.
 fn scaled(base: &RegionCatalog, plans: usize, cities: &[City]) -> RegionCatalog {
+    // The fallbacks (deliverable anywhere) first, so that 10 plans still
+    // have one, as the reference rules require.
+    let mut order: Vec<&Plan> = base.plans.iter().collect();
+    order.sort_by_key(|p| p.coverage.is_some() || !p.countries.is_empty() || !p.postal_prefixes.is_empty());
     let plans = (0..plans)
         .map(|k| {
-            let (p, level) = (&base.plans[k % base.plans.len()], (k / base.plans.len()) as u32);
+            let (p, level) = (order[k % order.len()], (k / order.len()) as u32);
             Plan {
                 id: if level == 0 { p.id.clone() } else { format!("{}-{level}", p.id) },
                 // 2 % faster and 3 % dearer per level: no variant dominates another.
