@@ -197,8 +197,11 @@ async fn publish_under_load_switches_once_per_shard_and_refuses_broken_modules()
         })
         .collect();
     std::fs::write(store.path().join("europe.cases.json"), serde_json::to_vec(&looping).unwrap()).unwrap();
+    // New bytes (v2 with a custom section): were they v2's own, a rollback to
+    // v2 landing before the upload would make the upload a no-op.
+    let gated_bytes = xtask::component_edits::with_custom_section(&v2_bytes, 1);
     let gating = {
-        let (admin, bytes) = (admin.clone(), v2_bytes.clone());
+        let (admin, bytes) = (admin.clone(), gated_bytes);
         std::thread::spawn(move || http(&admin, "PUT", "/v1/regions/europe/module", Some(TOKEN), &bytes))
     };
     let mut answered_while_gating = 0;
