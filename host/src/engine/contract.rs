@@ -150,6 +150,7 @@ impl Functions {
     }
 
     pub fn metadata(&self, store: &mut Store<StoreState>) -> wasmtime::Result<wit::ModuleInfo> {
+        let _running = store.data().running();
         Ok(self.metadata.call(store, ())?.0)
     }
 
@@ -160,6 +161,7 @@ impl Functions {
     ) -> wasmtime::Result<Result<(), wit::CatalogError>> {
         // SAFETY: `load` type-checked `init` with exactly these types.
         let init = unsafe { TypedFunc::<InitParams<'_>, InitResults>::new_unchecked(self.init) };
+        let _running = store.data().running();
         Ok(init.call(store, (catalog,))?.0)
     }
 
@@ -167,6 +169,7 @@ impl Functions {
     /// When `batch` is not of the module's version: the caller converts
     /// sign-ups by the module's [`ModuleInfo::contract`](super::ModuleInfo::contract).
     pub fn enrich(&self, store: &mut Store<StoreState>, batch: Batch<'_>) -> wasmtime::Result<Results> {
+        let _running = store.data().running();
         match (&self.enrich, batch) {
             (Enrich::V1_0(func), Batch::V1_0(batch)) => {
                 // SAFETY: `load` type-checked this function with exactly these types.

@@ -10,6 +10,7 @@
 //! - [`cache`]: compiled modules on disk, for restarts without compiling.
 //! - [`contract`]: the contract versions spoken, and calls at a module's own.
 //! - `convert`: host types to and from the contract's types.
+//! - `ticker`: the epoch ticker, running only while guest code does.
 
 mod cache;
 mod contract;
@@ -17,12 +18,13 @@ mod convert;
 mod limits;
 mod module;
 mod region;
+mod ticker;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::signing::TrustedKeys;
+use ticker::{EPOCH_TICK, Ticker};
 
 pub use cache::ModuleCache;
 pub use contract::Contract;
@@ -34,10 +36,6 @@ wasmtime::component::bindgen!({ path: "../wit", world: "offer-rules" });
 
 use exports::offers::rules::rules as wit;
 
-/// How often the epoch advances. A call's deadline is rounded up to whole
-/// ticks, so a runaway module is stopped within its timeout plus one tick.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
-
 /// A wasmtime engine configured for offer rules, with its epoch ticker.
 #[derive(Clone)]
 pub struct Engine {
@@ -47,7 +45,7 @@ pub struct Engine {
     trusted_keys: Option<Arc<TrustedKeys>>,
     /// When set, compiled modules are kept here across restarts.
     cache: Option<Arc<ModuleCache>>,
-    _ticker: Arc<Ticker>,
+    ticker: Arc<Ticker>,
 }
 
 impl Engine {
@@ -65,7 +63,7 @@ impl Engine {
         config.parallel_compilation(false);
         let inner = wasmtime::Engine::new(&config)?;
         let ticker = Ticker::start(inner.clone());
-        Ok(Self { inner, limits, trusted_keys: None, cache: None, _ticker: Arc::new(ticker) })
+        Ok(Self { inner, limits, trusted_keys: None, cache: None, ticker: Arc::new(ticker) })
     }
 
     /// This engine, loading only modules signed by one of `keys`.
@@ -94,33 +92,5 @@ impl Engine {
     /// Epoch ticks that cover `time`, at least one.
     fn ticks(&self, time: Duration) -> u64 {
         (time.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).max(1)
-    }
-}
-
-/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
-struct Ticker {
-    stop: Arc<AtomicBool>,
-}
-
-impl Ticker {
-    fn start(engine: wasmtime::Engine) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        std::thread::Builder::new()
-            .name("offerd-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            })
-            .expect("spawning the epoch thread: the host cannot bound module calls without it");
-        Self { stop }
-    }
-}
-
-impl Drop for Ticker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
     }
 }

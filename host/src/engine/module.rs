@@ -1,5 +1,7 @@
 //! A compiled offer-rule component, checked against the contract.
 
+use std::sync::Arc;
+
 use sha2::{Digest, Sha256};
 use wasmtime::Store;
 use wasmtime::component::{Component, InstancePre, Linker};
@@ -7,6 +9,7 @@ use wasmtime::component::{Component, InstancePre, Linker};
 use super::Engine;
 use super::contract::{Contract, Exports, Functions};
 use super::limits::MemoryCap;
+use super::ticker::{GuestActivity, Running};
 
 /// Why a module is refused. The old module, if any, keeps serving.
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +48,18 @@ pub struct ModuleInfo {
     pub contract: Contract,
 }
 
-/// Per-store state: only the memory limiter.
+/// Per-store state: the memory limiter, and the engine's count of guest
+/// code running (its epoch ticker runs only while that is not zero).
 pub(crate) struct StoreState {
     limiter: MemoryCap,
+    activity: Arc<GuestActivity>,
+}
+
+impl StoreState {
+    /// Held across every entry into guest code of this store.
+    pub(super) fn running(&self) -> Running {
+        self.activity.enter()
+    }
 }
 
 /// A component compiled once, ready to instantiate in microseconds.
@@ -110,7 +122,9 @@ impl RuleModule {
             },
         };
         let mut store = module.store();
+        let running = store.data().running();
         let instance = module.pre.instantiate(&mut store).map_err(|e| failed("instantiate", &e))?;
+        drop(running);
         let functions =
             Functions::load(&module.exports, &mut store, &instance).map_err(|e| wrong_shape(format!("{e:#}")))?;
         let meta = functions.metadata(&mut store).map_err(|e| failed("metadata", &e))?;
@@ -138,14 +152,20 @@ impl RuleModule {
     /// A fresh instance in its own store, bounded by the engine's limits.
     pub(super) fn instantiate(&self) -> wasmtime::Result<(Store<StoreState>, Functions)> {
         let mut store = self.store();
+        let running = store.data().running();
         let instance = self.pre.instantiate(&mut store)?;
+        drop(running);
         let functions = Functions::load(&self.exports, &mut store, &instance)?;
         Ok((store, functions))
     }
 
     fn store(&self) -> Store<StoreState> {
         let limits = self.engine.limits;
-        let mut store = Store::new(&self.engine.inner, StoreState { limiter: MemoryCap { cap: limits.memory_bytes } });
+        let state = StoreState {
+            limiter: MemoryCap { cap: limits.memory_bytes },
+            activity: self.engine.ticker.activity().clone(),
+        };
+        let mut store = Store::new(&self.engine.inner, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(self.engine.deadline_ticks());
         store
