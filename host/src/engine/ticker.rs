@@ -96,3 +96,48 @@ impl Drop for Ticker {
         self.activity.wake.notify_one();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::engine::{Engine, Limits};
+
+    /// A core module whose start function loops forever, encoded by hand.
+    const LOOPING_START: &[u8] = &[
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+        0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type 0: [] -> []
+        0x03, 0x02, 0x01, 0x00, // function 0 of type 0
+        0x08, 0x01, 0x00, // start: function 0
+        0x0a, 0x09, 0x01, 0x07, 0x00, 0x03, 0x40, 0x0c, 0x00, 0x0b, 0x0b, // loop { br 0 }
+    ];
+
+    /// Parked, the ticker does not advance the epoch; the guard wakes it, so
+    /// guest code that never returns still runs into its deadline, again
+    /// after the ticker has parked a second time.
+    #[test]
+    fn a_parked_ticker_wakes_for_guest_code_and_stops_it_at_its_deadline() {
+        let engine = Engine::new(Limits::default()).unwrap();
+        let module = wasmtime::Module::new(&engine.inner, LOOPING_START).unwrap();
+        let activity = engine.ticker.activity().clone();
+        for round in 0..2 {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !activity.parked.load(Ordering::SeqCst) {
+                assert!(Instant::now() < deadline, "round {round}: the ticker never parked");
+                std::thread::yield_now();
+            }
+            let (done, finished) = std::sync::mpsc::channel();
+            let (engine, module, activity) = (engine.inner.clone(), module.clone(), activity.clone());
+            std::thread::spawn(move || {
+                let mut store = wasmtime::Store::new(&engine, ());
+                store.set_epoch_deadline(2);
+                let _running = activity.enter();
+                let _ = done.send(wasmtime::Instance::new(&mut store, &module, &[]).map(drop));
+            });
+            let result = finished.recv_timeout(Duration::from_secs(10));
+            let err = result.expect("the looping start function was never interrupted").unwrap_err();
+            assert_eq!(err.downcast_ref::<wasmtime::Trap>(), Some(&wasmtime::Trap::Interrupt), "round {round}");
+        }
+    }
+}
