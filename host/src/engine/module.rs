@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use wasmtime::Store;
-use wasmtime::component::{Component, InstancePre, Linker};
+use wasmtime::component::{Component, Instance, InstancePre, Linker};
 
 use super::Engine;
 use super::contract::{Contract, Exports, Functions};
@@ -121,10 +121,7 @@ impl RuleModule {
                 contract,
             },
         };
-        let mut store = module.store();
-        let running = store.data().running();
-        let instance = module.pre.instantiate(&mut store).map_err(|e| failed("instantiate", &e))?;
-        drop(running);
+        let (mut store, instance) = module.instance().map_err(|e| failed("instantiate", &e))?;
         let functions =
             Functions::load(&module.exports, &mut store, &instance).map_err(|e| wrong_shape(format!("{e:#}")))?;
         let meta = functions.metadata(&mut store).map_err(|e| failed("metadata", &e))?;
@@ -151,12 +148,18 @@ impl RuleModule {
 
     /// A fresh instance in its own store, bounded by the engine's limits.
     pub(super) fn instantiate(&self) -> wasmtime::Result<(Store<StoreState>, Functions)> {
-        let mut store = self.store();
-        let running = store.data().running();
-        let instance = self.pre.instantiate(&mut store)?;
-        drop(running);
+        let (mut store, instance) = self.instance()?;
         let functions = Functions::load(&self.exports, &mut store, &instance)?;
         Ok((store, functions))
+    }
+
+    /// A fresh store and the component instantiated in it. Instantiation
+    /// runs guest code (start functions), so it counts as running.
+    fn instance(&self) -> wasmtime::Result<(Store<StoreState>, Instance)> {
+        let mut store = self.store();
+        let _running = store.data().running();
+        let instance = self.pre.instantiate(&mut store)?;
+        Ok((store, instance))
     }
 
     fn store(&self) -> Store<StoreState> {
