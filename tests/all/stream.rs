@@ -799,6 +799,7 @@ async fn the_service_runs_in_process_until_its_shutdown_future() {
             start_at: offerd::stream::StartAt::TrimHorizon,
             batch_size: 100,
             batch_window: Duration::ZERO,
+            max_idle_poll: Duration::from_secs(1),
             consumer_name: None,
             resubscribe_after: Duration::from_secs(290),
             max_aggregate_records: offerd::stream::kpl::DEFAULT_MAX_RECORDS,

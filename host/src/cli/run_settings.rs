@@ -67,6 +67,13 @@ pub(super) struct RunSettings {
     /// --batch-size is processed [default: 0, process every read].
     #[arg(long, value_name = "MS")]
     batch_window_ms: Option<u64>,
+    /// Longest pause between GetRecords calls on a shard that keeps
+    /// returning nothing: 250 ms after the first empty read, doubling with
+    /// each further one up to this, back to 200 ms at the first record.
+    /// It bounds the latency of the first record after a quiet spell
+    /// [default: 1000].
+    #[arg(long, value_name = "MS")]
+    max_idle_poll_ms: Option<u64>,
     /// Read with enhanced fan-out (SubscribeToShard) as this stream consumer,
     /// registered if missing, instead of polling with GetRecords.
     #[arg(long, value_name = "NAME")]
@@ -177,6 +184,13 @@ impl RunSettings {
                 batch_window.as_millis()
             );
         }
+        let max_idle_poll = self.max_idle_poll_ms.or(file.max_idle_poll_ms).unwrap_or(1000);
+        if !(200..=60_000).contains(&max_idle_poll) {
+            bail!(
+                "{}: {max_idle_poll} ms is not in 200..=60000 (Kinesis allows five GetRecords calls a second per shard)",
+                origin("max-idle-poll-ms")
+            );
+        }
         let resubscribe_after =
             Duration::from_secs(self.resubscribe_after_secs.or(file.resubscribe_after_secs).unwrap_or(290));
         if !(Duration::from_secs(1)..Duration::from_secs(300)).contains(&resubscribe_after) {
@@ -259,6 +273,7 @@ impl RunSettings {
                 start_at,
                 batch_size,
                 batch_window,
+                max_idle_poll: Duration::from_millis(max_idle_poll),
                 consumer_name: self.consumer_name.or(file.consumer_name),
                 resubscribe_after,
                 max_aggregate_records,
@@ -319,7 +334,7 @@ mod tests {
         std::fs::write(
             &file,
             "input-stream = \"signups\"\noutput-stream = \"offers\"\nmodules = \"mods\"\ncatalogs = \"/abs/catalogs\"\n\
-             batch-size = 100\nstart-at = \"2026-11-26T09:00:00Z\"\nmetrics-addr = \"127.0.0.1:9000\"\n",
+             batch-size = 100\nmax-idle-poll-ms = 2000\nstart-at = \"2026-11-26T09:00:00Z\"\nmetrics-addr = \"127.0.0.1:9000\"\n",
         )
         .unwrap();
         let r = flags(&["--output-stream", "other", "--batch-window-ms", "50"]).resolve(Some(&file)).unwrap();
@@ -328,6 +343,7 @@ mod tests {
         assert_eq!(r.stream.dead_letter_stream, "signups-dead-letters");
         assert_eq!(r.stream.batch_size, 100);
         assert_eq!(r.stream.batch_window, Duration::from_millis(50));
+        assert_eq!(r.stream.max_idle_poll, Duration::from_secs(2));
         assert_eq!(r.modules, dir.path().join("mods"));
         assert_eq!(r.catalogs, Path::new("/abs/catalogs"));
         assert_eq!(r.metrics_addr, Some("127.0.0.1:9000".parse().unwrap()));
@@ -356,6 +372,9 @@ mod tests {
         assert!(err.starts_with("--start-at: \"yesterday\": expected trim-horizon, latest or an RFC 3339"), "{err}");
         let err = format!("{:#}", flags(&[&base[..], &["--batch-size", "0"]].concat()).resolve(None).err().unwrap());
         assert!(err.contains("--batch-size: 0 is not in 1..=10000"), "{err}");
+        let err =
+            format!("{:#}", flags(&[&base[..], &["--max-idle-poll-ms", "100"]].concat()).resolve(None).err().unwrap());
+        assert!(err.contains("--max-idle-poll-ms: 100 ms is not in 200..=60000"), "{err}");
     }
 
     /// The admin API's bearer token never crosses a network in clear unless asked.

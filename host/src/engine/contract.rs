@@ -14,6 +14,37 @@ use wasmtime::{AsContextMut, Store};
 use super::module::StoreState;
 use super::wit;
 
+/// Bytes the host may allocate lifting the results of `metadata` or `init`
+/// (a few short strings). Lifting copies every string and list a result
+/// points at, at its host size, once per pointer: a module that points many
+/// results at one large guest list or string would make the host copy it
+/// again and again, far beyond the module's own memory cap. wasmtime charges
+/// each copy against the store's hostcall fuel and fails the call when it
+/// runs out; these budgets set that fuel (wasmtime's default is 128 MiB).
+pub(super) const SMALL_RESULT_BYTES: usize = 1 << 20;
+
+/// Bytes the host may allocate lifting the results of an `enrich` call of
+/// `sent` sign-ups: what the most a legitimate module can answer takes, in
+/// either version (`max_offers` offers or one reason of
+/// [`MAX_REASON_BYTES`](super::region::MAX_REASON_BYTES) per sign-up), plus
+/// [`SMALL_RESULT_BYTES`], so that one record's answer over the limits still
+/// reaches the checks that name what was wrong with it.
+pub(super) fn enrich_result_bytes(sent: usize, max_offers: u32) -> usize {
+    let offer = std::mem::size_of::<wit::Offer>().max(std::mem::size_of::<wit::BatchOffer>());
+    let per_signup = std::mem::size_of::<Result<Vec<wit::Offer>, wit::RuleError>>()
+        + std::mem::size_of::<wit::BatchRejection>()
+        + offer * max_offers as usize
+        + super::region::MAX_REASON_BYTES;
+    SMALL_RESULT_BYTES.saturating_add(sent.saturating_mul(per_signup))
+}
+
+/// Whether `e` is wasmtime refusing to lift more than the budget above.
+pub(super) fn is_over_result_budget(e: &wasmtime::Error) -> bool {
+    // wasmtime's error type for it is private; its message is pinned by
+    // the `results_outside_the_contract_fail_their_record` test.
+    e.chain().any(|cause| cause.to_string().contains("fuel allocated for hostcalls has been exhausted"))
+}
+
 /// A version of `offers:rules` that a module exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Contract {

@@ -171,6 +171,7 @@ impl RuleModule {
         let mut store = Store::new(&self.engine.inner, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(self.engine.deadline_ticks());
+        store.set_hostcall_fuel(super::contract::SMALL_RESULT_BYTES);
         store
     }
 }

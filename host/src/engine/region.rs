@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::Store;
 
-use super::contract::{Batch, Contract, Functions, Results};
+use super::contract::{self, Batch, Contract, Functions, Results};
 use super::limits::MemoryCapExceeded;
 use super::module::{ModuleError, RuleModule, StoreState};
 use super::{convert, wit};
@@ -226,7 +226,17 @@ impl RegionRules {
         let engine = self.module.engine();
         primed.store.set_epoch_deadline(engine.deadline_ticks().min(engine.ticks(left)));
         let sent = batch.len();
-        let results = primed.functions.enrich(&mut primed.store, batch).map_err(|e| classify(&e))?;
+        primed.store.set_hostcall_fuel(contract::enrich_result_bytes(sent, self.catalog.max_offers));
+        let results = primed.functions.enrich(&mut primed.store, batch).map_err(|e| {
+            if contract::is_over_result_budget(&e) {
+                return bad_result(format!(
+                    "module's results for {sent} sign-ups are more than the host copies for a batch of that size \
+                     (at most {} offers or a {MAX_REASON_BYTES}-byte reason per sign-up)",
+                    self.catalog.max_offers
+                ));
+            }
+            classify(&e)
+        })?;
         let checked = match (results, batch) {
             (Results::V1_0(results), _) if results.len() != sent => {
                 return Err(bad_result(format!("module returned {} results for {sent} sign-ups", results.len())));

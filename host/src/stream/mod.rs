@@ -63,6 +63,9 @@ pub struct RunConfig {
     /// than `batch_size` (Lambda's MaximumBatchingWindowInSeconds). Zero
     /// processes whatever one GetRecords call returned.
     pub batch_window: Duration,
+    /// Longest pause between GetRecords calls on a shard that keeps
+    /// returning nothing (polling only).
+    pub max_idle_poll: Duration,
     /// Read with enhanced fan-out through this consumer (registered if
     /// missing) instead of polling.
     pub consumer_name: Option<String>,
@@ -222,7 +225,14 @@ pub async fn run(
             metrics.shard_started(id);
             tasks.spawn(async move {
                 let feed: Box<dyn feed::Feed> = match consumer_arn {
-                    None => match feed::polling::Polling::open(client, config.input_stream.clone(), start).await {
+                    None => match feed::polling::Polling::open(
+                        client,
+                        config.input_stream.clone(),
+                        start,
+                        config.max_idle_poll,
+                    )
+                    .await
+                    {
                         Ok(polling) => Box::new(polling),
                         Err(e) => return (shard_id, Err(e)),
                     },

@@ -82,6 +82,7 @@ async fn run(reads: Vec<Vec<Record>>, sink: FakeSink) -> Run {
             start_at: StartAt::TrimHorizon,
             batch_size: 500,
             batch_window: Duration::ZERO,
+            max_idle_poll: Duration::from_secs(1),
             consumer_name: None,
             resubscribe_after: Duration::from_secs(290),
             max_aggregate_records: kpl::DEFAULT_MAX_RECORDS,

@@ -1,7 +1,8 @@
 //! Misbehaves on command, to prove the host's limits. The command is the
 //! sign-up's postal code: `trap` panics, `loop` never returns, `alloc`
 //! allocates 1 GiB, `bad-index` returns a plan outside the catalog, `many`
-//! returns 1,000 offers, `long-reason` declines with a 100 kB reason,
+//! returns 1,000 offers, `flood` 300,000 (12 MB of host memory lifted),
+//! `long-reason` declines with a 100 kB reason,
 //! `reject` declines; anything else gets plan 0. A catalog for region `poisoned`
 //! makes `init` trap.
 #![cfg(target_arch = "wasm32")]
@@ -44,6 +45,7 @@ fn command(cmd: &str) -> Result<Vec<Offer>, RuleError> {
         }
         "bad-index" => Ok(vec![Offer { plan: 9999, monthly_price_minor: 1, promo: None }]),
         "many" => Ok(vec![Offer { plan: 0, monthly_price_minor: 1, promo: None }; 1000]),
+        "flood" => Ok(vec![Offer { plan: 0, monthly_price_minor: 1, promo: None }; 300_000]),
         "long-reason" => Err(RuleError::Unusable("x".repeat(100_000))),
         "reject" => Err(RuleError::Unusable("told to reject".into())),
         _ => Ok(vec![Offer { plan: 0, monthly_price_minor: 100, promo: None }]),
