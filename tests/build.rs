@@ -20,6 +20,10 @@ fn main() -> Result<()> {
     }
     std::fs::write(out.join("reference.wasm"), xtask::build_component("offer-rules")?)?;
     std::fs::write(out.join("misbehave.wasm"), xtask::build_component("misbehave-rules")?)?;
+    std::fs::write(
+        out.join("misbehave-1-1.wasm"),
+        xtask::build_component_with_features("misbehave-rules", "contract-1-1")?,
+    )?;
     let reference = std::fs::read(out.join("reference.wasm"))?;
     let slow = xtask::component_edits::with_huge_function(&reference, SLOW_COMPILE_OPERATIONS);
     std::fs::write(out.join("slow-to-compile.wasm"), slow)?;

@@ -65,22 +65,20 @@ impl MetroIndex {
         Self { entries, bands }
     }
 
-    /// Whether a metro of at least `min_population` lies within `radius_km`
-    /// of the point. Stops at the first: a sign-up in a dense region costs
-    /// no more than one in a sparse one.
-    pub fn any_within(&self, lat: f64, lon: f64, radius_km: f64, min_population: u64) -> bool {
-        let here = unit(lat, lon);
-        let limit = chord2_for_km(radius_km);
+    /// Whether a metro of at least `min_population` lies within `radius` of
+    /// `at`. Stops at the first: a sign-up in a dense region costs no more
+    /// than one in a sparse one. One `asin` per call; the rest of the
+    /// trigonometry is in [`Point`] and [`Radius`], worked out once.
+    pub fn any_within(&self, at: &Point, radius: &Radius, min_population: u64) -> bool {
         // Widest longitude difference inside a spherical cap of angular
         // radius r around latitude φ: asin(sin r / cos φ), or every
         // longitude when the cap reaches a pole. A hair wider for rounding.
-        let (r, phi) = (radius_km / EARTH_RADIUS_KM, lat.to_radians());
-        let lat_span = r.to_degrees() * 1.0001;
-        let lon_span = if phi.abs() + r >= std::f64::consts::FRAC_PI_2 {
+        let lon_span = if at.phi.abs() + radius.angle >= std::f64::consts::FRAC_PI_2 {
             180.0
         } else {
-            ((r.sin() / phi.cos()).asin().to_degrees() * 1.0001 + 1e-9).min(180.0)
+            ((radius.sin_angle / at.cos_phi).asin().to_degrees() * 1.0001 + 1e-9).min(180.0)
         };
+        let (lat, lon) = (at.lat, at.lon);
         let (west, east) = (lon - lon_span, lon + lon_span);
         // Longitude windows, split where they cross the antimeridian.
         let mut windows = [(west.max(-180.0), east.min(180.0)), (f64::NAN, f64::NAN), (f64::NAN, f64::NAN)];
@@ -90,14 +88,14 @@ impl MetroIndex {
         if east > 180.0 {
             windows[2] = (-180.0, east - 360.0);
         }
-        for band in band_of((lat - lat_span).max(-90.0))..=band_of((lat + lat_span).min(90.0)) {
+        for band in band_of((lat - radius.lat_span).max(-90.0))..=band_of((lat + radius.lat_span).min(90.0)) {
             let entries = &self.entries[self.bands[band]..self.bands[band + 1]];
             for (from, to) in windows.iter().filter(|w| !w.0.is_nan()) {
                 let start = entries.partition_point(|e| e.lon < *from);
                 if entries[start..]
                     .iter()
                     .take_while(|e| e.lon <= *to)
-                    .any(|m| m.population >= min_population && chord2(&here, &m.unit) <= limit)
+                    .any(|m| m.population >= min_population && chord2(&at.unit, &m.unit) <= radius.chord2)
                 {
                     return true;
                 }
@@ -107,9 +105,53 @@ impl MetroIndex {
     }
 }
 
+/// A place to query around: its unit vector and latitude's cosine, worked
+/// out once per sign-up however many radii are asked about. (Under
+/// WebAssembly `sin`, `cos` and `asin` are software routines, tens of
+/// nanoseconds each.)
+#[derive(Debug, Clone, Copy)]
+pub struct Point {
+    lat: f64,
+    lon: f64,
+    /// Latitude in radians.
+    phi: f64,
+    cos_phi: f64,
+    unit: Unit,
+}
+
+impl Point {
+    pub fn new(lat: f64, lon: f64) -> Self {
+        let phi = lat.to_radians();
+        Self { lat, lon, phi, cos_phi: phi.cos(), unit: unit(lat, lon) }
+    }
+}
+
+/// A query radius, worked out once per catalog.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Radius {
+    /// The squared chord of the radius on the unit sphere.
+    chord2: f64,
+    /// The radius as an angle, radians, and its sine.
+    angle: f64,
+    sin_angle: f64,
+    /// Degrees of latitude the radius spans, a hair wider for rounding.
+    lat_span: f64,
+}
+
+impl Radius {
+    pub fn km(km: f64) -> Self {
+        let angle = km / EARTH_RADIUS_KM;
+        Self { chord2: chord2_for_km(km), angle, sin_angle: angle.sin(), lat_span: angle.to_degrees() * 1.0001 }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn within(index: &MetroIndex, lat: f64, lon: f64, km: f64, min_population: u64) -> bool {
+        index.any_within(&Point::new(lat, lon), &Radius::km(km), min_population)
+    }
 
     /// Independent reference: the haversine formula.
     fn haversine_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
@@ -139,12 +181,12 @@ mod tests {
         ];
         let index = MetroIndex::new(&metros);
         // From Potsdam's centre: Potsdam at 0 km, Berlin at ~27 km.
-        assert!(index.any_within(52.39, 13.06, 5.0, 100_000));
-        assert!(!index.any_within(52.39, 13.06, 5.0, 1_000_000));
-        assert!(index.any_within(52.39, 13.06, 30.0, 1_000_000));
-        assert!(!index.any_within(52.39, 13.06, 20.0, 1_000_000));
-        assert!(index.any_within(52.39, 13.06, 520.0, 1_500_000));
-        assert!(!index.any_within(52.39, 13.06, 520.0, 4_000_000));
+        assert!(within(&index, 52.39, 13.06, 5.0, 100_000));
+        assert!(!within(&index, 52.39, 13.06, 5.0, 1_000_000));
+        assert!(within(&index, 52.39, 13.06, 30.0, 1_000_000));
+        assert!(!within(&index, 52.39, 13.06, 20.0, 1_000_000));
+        assert!(within(&index, 52.39, 13.06, 520.0, 1_500_000));
+        assert!(!within(&index, 52.39, 13.06, 520.0, 4_000_000));
     }
 
     /// Against a brute-force scan, on a dense random field and random queries.
@@ -163,7 +205,7 @@ mod tests {
         for _ in 0..2000 {
             let (lat, lon, radius) = (next() * 180.0 - 90.0, next() * 360.0 - 180.0, next() * 800.0);
             let min_population = (next() * 3000.0) as u64;
-            let got = index.any_within(lat, lon, radius, min_population);
+            let got = within(&index, lat, lon, radius, min_population);
             let inside = |factor: f64| {
                 metros
                     .iter()
@@ -180,6 +222,6 @@ mod tests {
     #[test]
     fn queries_wrap_across_the_antimeridian() {
         let index = MetroIndex::new(&[Metro { lat: 0.0, lon: -179.9, population: 1 }]);
-        assert!(index.any_within(0.0, 179.9, 25.0, 1));
+        assert!(within(&index, 0.0, 179.9, 25.0, 1));
     }
 }

@@ -2,7 +2,7 @@
 //! promo applies, and in what order the offers are shown.
 
 use crate::catalog::{Catalog, CatalogError, Plan, Promo, Segment};
-use crate::geo::MetroIndex;
+use crate::geo::{MetroIndex, Point, Radius};
 
 /// A validated, routed sign-up. Borrowed: the adapter and the host both hold
 /// the strings already.
@@ -49,7 +49,7 @@ pub struct Rules {
     /// The plans' distinct coverage requirements, (max km, min population):
     /// a few per catalog, however many plans. Each is one early-exit metro
     /// query per sign-up, made only when a plan that needs it is in play.
-    coverage_classes: Vec<(f64, u64)>,
+    coverage_classes: Vec<(Radius, u64)>,
     /// Per plan, its index in `coverage_classes`.
     coverage_class: Vec<Option<usize>>,
     /// Plan indices in rank order: residential, then business.
@@ -82,13 +82,13 @@ impl Rules {
     pub fn new(catalog: Catalog) -> Result<Self, CatalogError> {
         catalog.check()?;
         let metros = MetroIndex::new(&catalog.metros);
-        let mut coverage_classes: Vec<(f64, u64)> = Vec::new();
+        let mut coverage_classes: Vec<(Radius, u64)> = Vec::new();
         let coverage_class = catalog
             .plans
             .iter()
             .map(|p| {
                 let c = p.coverage?;
-                let class = (c.max_km, c.min_population);
+                let class = (Radius::km(c.max_km), c.min_population);
                 Some(coverage_classes.iter().position(|&k| k == class).unwrap_or_else(|| {
                     coverage_classes.push(class);
                     coverage_classes.len() - 1
@@ -135,10 +135,14 @@ impl Rules {
         }
         // Per coverage class: unknown until a plan in play needs it.
         let mut covered: Vec<Option<bool>> = vec![None; self.coverage_classes.len()];
+        let mut point = None;
         let mut in_reach = |class: usize| {
             *covered[class].get_or_insert_with(|| {
-                let (max_km, min_population) = self.coverage_classes[class];
-                signup.coordinates.is_some_and(|(lat, lon)| self.metros.any_within(lat, lon, max_km, min_population))
+                let (radius, min_population) = &self.coverage_classes[class];
+                signup.coordinates.is_some_and(|(lat, lon)| {
+                    let at = point.get_or_insert_with(|| Point::new(lat, lon));
+                    self.metros.any_within(at, radius, *min_population)
+                })
             })
         };
         let plans = &self.catalog.plans;

@@ -118,6 +118,60 @@ fn results_outside_the_contract_fail_their_record() {
     assert!(results[4].is_ok());
 }
 
+/// A 1.1 module's failing records are found by bisection as a 1.0
+/// module's are, while the sign-ups the host declines itself (a country
+/// outside the catalog) keep their places in the batch and never reach the
+/// module, even when they would make it trap; a flood of flat offers is
+/// refused while it is lifted.
+#[test]
+fn a_compact_module_is_bisected_around_the_sign_ups_the_host_declines() {
+    let rules = europe(load(&engine(), "misbehave-1-1").unwrap());
+    assert_eq!(rules.module().info().contract, Contract::V1_1);
+    let cases = [
+        ("DE", "ok"),
+        ("US", "trap"),
+        ("DE", "trap"),
+        ("FR", "reject"),
+        ("US", "ok"),
+        ("DE", "flood"),
+        ("IT", "a-code-of-over-16-bytes"),
+        ("US", "loop"),
+        ("ES", "ok"),
+    ];
+    let inputs: Vec<Vec<u8>> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (country, cmd))| {
+            format!(r#"{{"user_id": "u{i}", "location": {{"country": "{country}", "postal_code": "{cmd}"}}}}"#)
+                .into_bytes()
+        })
+        .collect();
+    let signups: Vec<SignUp<'_>> = inputs.iter().map(|b| SignUp::decode(b).unwrap()).collect();
+    let results = rules.enrich(&signups.iter().collect::<Vec<_>>());
+    let kinds: Vec<Option<FailureKind>> = results.iter().map(|r| r.as_ref().err().map(|f| f.kind)).collect();
+    let declined = Some(FailureKind::Rejected("country-not-served"));
+    assert_eq!(
+        kinds,
+        [
+            None,
+            declined,
+            Some(FailureKind::Trap),
+            Some(FailureKind::Rejected("unusable")),
+            declined,
+            Some(FailureKind::BadResult),
+            None,
+            declined,
+            None
+        ]
+    );
+    for i in [0, 6, 8] {
+        assert_eq!(results[i].as_ref().unwrap().len(), 1, "sign-up {i}: the module's one offer");
+    }
+    assert!(results[3].as_ref().unwrap_err().detail.contains("told to reject"));
+    let flood = &results[5].as_ref().unwrap_err().detail;
+    assert!(flood.contains("more than the host copies for a batch"), "{flood}");
+}
+
 /// Poison records are found by halving the batch, not by one call per
 /// record; a module that fails every record holds the batch for its time
 /// budget, and the records left when it is spent fail as timeouts.

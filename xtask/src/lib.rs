@@ -58,6 +58,13 @@ pub fn build_component_unoptimised(package: &str) -> Result<Vec<u8>> {
 fn build(package: &str, version: Option<&str>, profile: &str, features: Option<&str>) -> Result<Vec<u8>> {
     let root = workspace_root();
     let target_dir = root.join("target").join("guests");
+    // Builds of one package with other features (or another version) write
+    // the same output file: held from the build until the file is read, so
+    // that a test build and a bench running at once never read each
+    // other's module. Cargo serialises the builds themselves anyway.
+    std::fs::create_dir_all(&target_dir)?;
+    let lock = std::fs::File::create(target_dir.join(".offerd-guest-build.lock"))?;
+    lock.lock().context("locking the guest build")?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)

@@ -41,7 +41,8 @@ pub(super) fn enrich_result_bytes(sent: usize, max_offers: u32) -> usize {
 /// Whether `e` is wasmtime refusing to lift more than the budget above.
 pub(super) fn is_over_result_budget(e: &wasmtime::Error) -> bool {
     // wasmtime's error type for it is private; its message is pinned by
-    // the `results_outside_the_contract_fail_their_record` test.
+    // the `results_outside_the_contract_fail_their_record` test. Should it
+    // change, the call still fails as a bad result, with a vaguer detail.
     e.chain().any(|cause| cause.to_string().contains("fuel allocated for hostcalls has been exhausted"))
 }
 

@@ -229,13 +229,18 @@ impl RegionRules {
         primed.store.set_hostcall_fuel(contract::enrich_result_bytes(sent, self.catalog.max_offers));
         let results = primed.functions.enrich(&mut primed.store, batch).map_err(|e| {
             if contract::is_over_result_budget(&e) {
-                return bad_result(format!(
+                bad_result(format!(
                     "module's results for {sent} sign-ups are more than the host copies for a batch of that size \
                      (at most {} offers or a {MAX_REASON_BYTES}-byte reason per sign-up)",
                     self.catalog.max_offers
-                ));
+                ))
+            } else if e.downcast_ref::<wasmtime::Trap>().is_none() && e.downcast_ref::<MemoryCapExceeded>().is_none() {
+                // Not the guest's code failing: its results could not be
+                // lifted (out of bounds, not UTF-8, a bad case).
+                bad_result(format!("module's results could not be read: {e:#}"))
+            } else {
+                classify(&e)
             }
-            classify(&e)
         })?;
         let checked = match (results, batch) {
             (Results::V1_0(results), _) if results.len() != sent => {

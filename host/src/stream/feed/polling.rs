@@ -17,8 +17,10 @@ const MIN_CALL_INTERVAL: Duration = Duration::from_millis(200);
 /// GetRecords costs about half a millisecond of CPU in the AWS SDK, so a
 /// caught-up shard polled four times a second costs 2 ms/s on its own
 /// (Lambda and the Kinesis Client Library poll an idle shard once a second).
-/// The first record resets it, so a busy shard never waits on it.
-pub const FIRST_IDLE_PAUSE: Duration = Duration::from_millis(250);
+/// The first record resets it, so a busy shard never waits on it; so does
+/// an empty read of a shard that is behind the tip of the stream (Kinesis
+/// returns those across sparse stretches).
+const FIRST_IDLE_PAUSE: Duration = Duration::from_millis(250);
 
 pub struct Polling {
     client: Client,
@@ -74,7 +76,8 @@ async fn iterator(client: &Client, stream: &str, start: &ShardStart) -> anyhow::
 }
 
 /// How long after a read the next one may start: [`MIN_CALL_INTERVAL`]
-/// after records, a pause growing with every empty read in a row.
+/// after records (or while behind), a pause growing with every idle read
+/// in a row.
 struct Pause {
     /// The pause after the next empty read.
     idle: Duration,
@@ -86,8 +89,9 @@ impl Pause {
         Self { idle: FIRST_IDLE_PAUSE.min(max_idle), max_idle }
     }
 
-    fn after_read(&mut self, empty: bool) -> Duration {
-        if empty {
+    /// `idle`: the read returned nothing and the shard is at its tip.
+    fn after_read(&mut self, idle: bool) -> Duration {
+        if idle {
             let pause = self.idle;
             self.idle = (pause * 2).min(self.max_idle);
             pause
@@ -111,7 +115,8 @@ impl Feed for Polling {
                 Ok(mut out) => {
                     self.backoff.reset();
                     let records = std::mem::take(&mut out.records);
-                    self.next_call = started + self.pause.after_read(records.is_empty());
+                    let behind = out.millis_behind_latest.is_some_and(|ms| ms > 0);
+                    self.next_call = started + self.pause.after_read(records.is_empty() && !behind);
                     let closed = match out.next_shard_iterator {
                         Some(next) => {
                             self.iterator = next;
@@ -151,8 +156,11 @@ mod tests {
 
     #[test]
     fn an_idle_shard_is_polled_less_often_until_a_record_comes() {
-        // '.': an empty read, 'r': records.
+        // '.': an empty read at the tip; 'r': records; 'b': an empty read
+        // behind the tip, which is not idle (the caller tells them apart by
+        // `millis_behind_latest`).
         assert_eq!(pauses(1000, "....r..r"), [250, 500, 1000, 1000, 200, 250, 500, 200]);
+        assert_eq!(pauses(1000, "...b."), [250, 500, 1000, 200, 250]);
         assert_eq!(pauses(600, "...."), [250, 500, 600, 600]);
         assert_eq!(pauses(200, "..r."), [200, 200, 200, 200]);
     }
