@@ -134,7 +134,8 @@ impl Rules {
             check_postal_code(code)?;
         }
         // Per coverage class: unknown until a plan in play needs it.
-        let mut covered: Vec<Option<bool>> = vec![None; self.coverage_classes.len()];
+        let (mut inline, mut heap) = ([None; INLINE], Vec::new());
+        let covered = scratch(&mut inline, &mut heap, self.coverage_classes.len(), None);
         let mut point = None;
         let mut in_reach = |class: usize| {
             *covered[class].get_or_insert_with(|| {
@@ -146,22 +147,25 @@ impl Rules {
             })
         };
         let plans = &self.catalog.plans;
-        let eligible: Vec<bool> = plans
-            .iter()
-            .zip(&self.coverage_class)
-            .map(|(p, class)| sold_to(p, signup) && class.is_none_or(&mut in_reach))
-            .collect();
-        let offers: Vec<Offer> = self.rank[segment_slot(signup.segment)]
-            .iter()
-            .map(|&i| i as usize)
-            .filter(|&i| eligible[i] && !self.dominators[i].iter().any(|&d| eligible[d as usize]))
-            .take(self.catalog.max_offers as usize)
-            .map(|i| Offer {
-                plan: i as u32,
-                monthly_price_minor: plans[i].monthly_price_minor,
-                promo: self.best_promo(&plans[i], signup),
-            })
-            .collect();
+        let (mut inline, mut heap) = ([false; INLINE], Vec::new());
+        let eligible = scratch(&mut inline, &mut heap, plans.len(), false);
+        for ((eligible, plan), class) in eligible.iter_mut().zip(plans).zip(&self.coverage_class) {
+            *eligible = sold_to(plan, signup) && class.is_none_or(&mut in_reach);
+        }
+        let eligible = &*eligible;
+        let mut offers = Vec::with_capacity(self.catalog.max_offers as usize);
+        offers.extend(
+            self.rank[segment_slot(signup.segment)]
+                .iter()
+                .map(|&i| i as usize)
+                .filter(|&i| eligible[i] && !self.dominators[i].iter().any(|&d| eligible[d as usize]))
+                .take(self.catalog.max_offers as usize)
+                .map(|i| Offer {
+                    plan: i as u32,
+                    monthly_price_minor: plans[i].monthly_price_minor,
+                    promo: self.best_promo(&plans[i], signup),
+                }),
+        );
         if offers.is_empty() {
             return Err(Rejection::NoCoverage);
         }
@@ -181,6 +185,23 @@ impl Rules {
                 promo: i as u32,
                 monthly_price_minor: discounted(plan.monthly_price_minor, promo.percent_off),
             })
+    }
+}
+
+/// Per-sign-up flags (per plan, per coverage class) live on the stack for
+/// catalogs of up to this many, on the heap beyond: two allocations fewer
+/// per sign-up, which WebAssembly's allocator makes dear.
+const INLINE: usize = 64;
+
+/// `n` copies of `value`: in `inline` when they fit, else in `heap`.
+fn scratch<'a, T: Copy>(inline: &'a mut [T; INLINE], heap: &'a mut Vec<T>, n: usize, value: T) -> &'a mut [T] {
+    if n <= INLINE {
+        let flags = &mut inline[..n];
+        flags.fill(value);
+        flags
+    } else {
+        *heap = vec![value; n];
+        heap
     }
 }
 

@@ -168,3 +168,23 @@ fn postal_prefixes_ignore_case_spaces_and_dashes() {
     assert!(!postal_starts_with("0131", "01310"));
     assert!(!postal_starts_with("20095", "10"));
 }
+
+/// Catalogs past the stack-held flags (more plans, more coverage classes)
+/// give the same offers: here 70 plans sold only in France, each in a
+/// coverage class of its own, that no German sign-up can get.
+#[test]
+fn large_catalogs_give_the_same_offers() {
+    let small = Rules::new(catalog()).unwrap();
+    let mut large = catalog();
+    for i in 0..70 {
+        let mut p = plan(&format!("fr-{i}"), Technology::Dsl, 10, 1, 999, Some((100.0 + f64::from(i), 1)));
+        p.countries = vec!["FR".into()];
+        large.plans.push(p);
+    }
+    let large = Rules::new(large).unwrap();
+    assert!(large.coverage_classes.len() > INLINE && large.catalog().plans.len() > INLINE);
+    for coordinates in [Some(BERLIN), Some(NEAR_BERLIN), Some(REMOTE), None] {
+        let got = large.enrich(&signup(coordinates));
+        assert_eq!(got, small.enrich(&signup(coordinates)), "{coordinates:?}");
+    }
+}
