@@ -80,19 +80,19 @@ impl MetroIndex {
             180.0
         } else {
             let x = radius.sin_angle / at.cos_phi;
-            ((x / (1.0 - x * x).sqrt()).to_degrees() * 1.0001 + 1e-9).min(180.0)
+            at_most((x / (1.0 - x * x).sqrt()).to_degrees() * 1.0001 + 1e-9, 180.0)
         };
         let (lat, lon) = (at.lat, at.lon);
         let (west, east) = (lon - lon_span, lon + lon_span);
         // Longitude windows, split where they cross the antimeridian.
-        let mut windows = [(west.max(-180.0), east.min(180.0)), (f64::NAN, f64::NAN), (f64::NAN, f64::NAN)];
+        let mut windows = [(at_least(west, -180.0), at_most(east, 180.0)), (f64::NAN, f64::NAN), (f64::NAN, f64::NAN)];
         if west < -180.0 {
             windows[1] = (west + 360.0, 180.0);
         }
         if east > 180.0 {
             windows[2] = (-180.0, east - 360.0);
         }
-        for band in band_of((lat - radius.lat_span).max(-90.0))..=band_of((lat + radius.lat_span).min(90.0)) {
+        for band in band_of(at_least(lat - radius.lat_span, -90.0))..=band_of(at_most(lat + radius.lat_span, 90.0)) {
             let entries = &self.entries[self.bands[band]..self.bands[band + 1]];
             for (from, to) in windows.iter().filter(|w| !w.0.is_nan()) {
                 let start = entries.partition_point(|e| e.lon < *from);
@@ -107,6 +107,17 @@ impl MetroIndex {
         }
         false
     }
+}
+
+/// `f64::min` and `max` for the numbers of a query, which are never NaN:
+/// under WebAssembly those are calls (their NaN rules are not the
+/// instruction's), these a comparison.
+fn at_most(x: f64, limit: f64) -> f64 {
+    if x > limit { limit } else { x }
+}
+
+fn at_least(x: f64, limit: f64) -> f64 {
+    if x < limit { limit } else { x }
 }
 
 /// A place to query around: its unit vector and latitude's cosine, worked
