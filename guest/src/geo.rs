@@ -109,15 +109,15 @@ impl MetroIndex {
     }
 }
 
-/// `f64::min` and `max` for the numbers of a query, which are never NaN:
+/// `f64::min` and `max` against a limit, NaN giving the limit as they do:
 /// under WebAssembly those are calls (their NaN rules are not the
 /// instruction's), these a comparison.
 fn at_most(x: f64, limit: f64) -> f64 {
-    if x > limit { limit } else { x }
+    if x <= limit { x } else { limit }
 }
 
 fn at_least(x: f64, limit: f64) -> f64 {
-    if x < limit { limit } else { x }
+    if x >= limit { x } else { limit }
 }
 
 /// A place to query around: its unit vector and latitude's cosine, worked

@@ -153,7 +153,8 @@ impl Rules {
             *eligible = sold_to(plan, signup) && class.is_none_or(&mut in_reach);
         }
         let eligible = &*eligible;
-        let mut offers = Vec::with_capacity(self.catalog.max_offers as usize);
+        // `max_offers` is whatever the host sent: at most one offer per plan.
+        let mut offers = Vec::with_capacity((self.catalog.max_offers as usize).min(plans.len()));
         offers.extend(
             self.rank[segment_slot(signup.segment)]
                 .iter()

@@ -170,21 +170,35 @@ fn postal_prefixes_ignore_case_spaces_and_dashes() {
 }
 
 /// Catalogs past the stack-held flags (more plans, more coverage classes)
-/// give the same offers: here 70 plans sold only in France, each in a
-/// coverage class of its own, that no German sign-up can get.
+/// give the same offers: here 70 plans sold in Germany, each in a coverage
+/// class of its own that no metro meets (so every class is queried, and
+/// none is eligible), then one plan, at index 78, that beats every other.
 #[test]
 fn large_catalogs_give_the_same_offers() {
     let small = Rules::new(catalog()).unwrap();
     let mut large = catalog();
     for i in 0..70 {
-        let mut p = plan(&format!("fr-{i}"), Technology::Dsl, 10, 1, 999, Some((100.0 + f64::from(i), 1)));
-        p.countries = vec!["FR".into()];
-        large.plans.push(p);
+        large.plans.push(plan(
+            &format!("unreachable-{i}"),
+            Technology::Dsl,
+            10,
+            1,
+            999,
+            Some((100.0 + f64::from(i), u64::MAX)),
+        ));
     }
+    let unbeaten = large.clone();
     let large = Rules::new(large).unwrap();
     assert!(large.coverage_classes.len() > INLINE && large.catalog().plans.len() > INLINE);
     for coordinates in [Some(BERLIN), Some(NEAR_BERLIN), Some(REMOTE), None] {
         let got = large.enrich(&signup(coordinates));
         assert_eq!(got, small.enrich(&signup(coordinates)), "{coordinates:?}");
+    }
+    let mut with_best = unbeaten;
+    with_best.plans.push(plan("best", Technology::Fiber, 10_000, 10_000, 1, None));
+    let with_best = Rules::new(with_best).unwrap();
+    for coordinates in [Some(BERLIN), Some(REMOTE), None] {
+        let offers = with_best.enrich(&signup(coordinates)).unwrap();
+        assert_eq!(ids(&with_best, &offers), ["best"], "{coordinates:?}: it hides every other plan");
     }
 }
