@@ -66,8 +66,8 @@ impl MetroIndex {
 
     /// Whether a metro of at least `min_population` lies within `radius` of
     /// `at`. Stops at the first: a sign-up in a dense region costs no more
-    /// than one in a sparse one. One `asin` per call; the rest of the
-    /// trigonometry is in [`Point`] and [`Radius`], worked out once.
+    /// than one in a sparse one. No trigonometry per call: it is in
+    /// [`Point`] and [`Radius`], worked out once.
     pub fn any_within(&self, at: &Point, radius: &Radius, min_population: u64) -> bool {
         // Widest longitude difference inside a spherical cap of angular
         // radius r around latitude φ: asin(x) with x = sin r / cos φ, or

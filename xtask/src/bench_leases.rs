@@ -53,13 +53,7 @@ pub fn run(options: &Options) -> Result<()> {
     }
     let kinesis = kinesis_local::start(&root)?;
     let dynamodb = dynalite::start(&root)?;
-    let aws_env: Vec<(&str, String)> = vec![
-        ("AWS_ENDPOINT_URL", kinesis.endpoint.clone()),
-        ("AWS_ENDPOINT_URL_DYNAMODB", dynamodb.endpoint.clone()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_ACCESS_KEY_ID", "bench".into()),
-        ("AWS_SECRET_ACCESS_KEY", "bench".into()),
-    ];
+    let aws_env = crate::demo::local_aws_env(&kinesis.endpoint, Some(&dynamodb.endpoint));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let client = client(&aws_env).await;
@@ -137,13 +131,7 @@ fn cpu_per_record(
     backlog: usize,
 ) -> Result<()> {
     let server = kinesalite::start(root)?;
-    let aws_env: Vec<(&str, String)> = vec![
-        ("AWS_ENDPOINT_URL", server.endpoint.clone()),
-        ("AWS_ENDPOINT_URL_DYNAMODB", dynamodb.endpoint.clone()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_ACCESS_KEY_ID", "bench".into()),
-        ("AWS_SECRET_ACCESS_KEY", "bench".into()),
-    ];
+    let aws_env = crate::demo::local_aws_env(&server.endpoint, Some(&dynamodb.endpoint));
     let mut generator = xtask::signups::Generator::new(&root.join("catalogs/geonames/cities15000.csv"), 5)?;
     let signups = generator.batch(backlog, None);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

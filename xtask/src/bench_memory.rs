@@ -70,12 +70,7 @@ pub fn run() -> Result<()> {
         npm_ci(&root)?;
     }
     let server = kinesalite::start(&root)?;
-    let aws_env: Vec<(&str, String)> = vec![
-        ("AWS_ENDPOINT_URL", server.endpoint.clone()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_ACCESS_KEY_ID", "bench".into()),
-        ("AWS_SECRET_ACCESS_KEY", "bench".into()),
-    ];
+    let aws_env = crate::demo::local_aws_env(&server.endpoint, None);
     let mut generator = xtask::signups::Generator::new(&root.join("catalogs/geonames/cities15000.csv"), 3)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {

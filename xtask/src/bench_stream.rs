@@ -44,12 +44,7 @@ pub fn run(options: &Options) -> Result<()> {
         npm_ci(&root)?;
     }
     let server = kinesis_local::start(&root)?;
-    let aws_env = vec![
-        ("AWS_ENDPOINT_URL", server.endpoint.clone()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_ACCESS_KEY_ID", "bench".into()),
-        ("AWS_SECRET_ACCESS_KEY", "bench".into()),
-    ];
+    let aws_env = crate::demo::local_aws_env(&server.endpoint, None);
     let streams =
         Streams { input: "bench-signups".into(), output: "bench-offers".into(), dead_letters: "bench-dead".into() };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

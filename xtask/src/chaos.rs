@@ -52,12 +52,7 @@ pub fn run(options: &Options) -> Result<()> {
         npm_ci(&root)?;
     }
     let server = kinesis_local::start(&root)?;
-    let aws_env: Vec<(&str, String)> = vec![
-        ("AWS_ENDPOINT_URL", server.endpoint.clone()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_ACCESS_KEY_ID", "chaos".into()),
-        ("AWS_SECRET_ACCESS_KEY", "chaos".into()),
-    ];
+    let aws_env = crate::demo::local_aws_env(&server.endpoint, None);
     let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let streams = Streams {
         input: format!("chaos-{run_id}-signups"),

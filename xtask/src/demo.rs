@@ -89,16 +89,7 @@ pub fn run(options: &Options) -> Result<()> {
     };
     // Local servers take any credentials; real ones come from the usual chain.
     let local = std::env::var("AWS_ENDPOINT_URL").is_err();
-    let aws_env: Vec<(&str, String)> = if local {
-        vec![
-            ("AWS_ENDPOINT_URL", endpoint.clone()),
-            ("AWS_REGION", "us-east-1".into()),
-            ("AWS_ACCESS_KEY_ID", "demo".into()),
-            ("AWS_SECRET_ACCESS_KEY", "demo".into()),
-        ]
-    } else {
-        Vec::new()
-    };
+    let aws_env: Vec<(&str, String)> = if local { local_aws_env(&endpoint, None) } else { Vec::new() };
     let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let streams = Streams {
         input: format!("demo-{run_id}-signups"),
@@ -125,6 +116,21 @@ pub fn run(options: &Options) -> Result<()> {
         result?;
         show_samples(&client, &streams).await
     })
+}
+
+/// The environment that points `offerd` and this crate's SDK clients at local
+/// servers, which take any credentials; DynamoDB's too when leases are used.
+pub(crate) fn local_aws_env(kinesis: &str, dynamodb: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("AWS_ENDPOINT_URL", kinesis.to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "local".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "local".to_owned()),
+    ];
+    if let Some(dynamodb) = dynamodb {
+        env.push(("AWS_ENDPOINT_URL_DYNAMODB", dynamodb.to_owned()));
+    }
+    env
 }
 
 pub(crate) async fn client(aws_env: &[(&str, String)]) -> Client {

@@ -53,13 +53,7 @@ pub fn run(options: &Options) -> Result<()> {
     let kinesis = kinesis_local::start(&root)?;
     let dynamodb = dynalite::start(&root)?;
     println!("kinesis-local on {}, dynalite on {}", kinesis.endpoint, dynamodb.endpoint);
-    let aws_env: Vec<(&str, String)> = vec![
-        ("AWS_ENDPOINT_URL", kinesis.endpoint.clone()),
-        ("AWS_ENDPOINT_URL_DYNAMODB", dynamodb.endpoint.clone()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_ACCESS_KEY_ID", "demo".into()),
-        ("AWS_SECRET_ACCESS_KEY", "demo".into()),
-    ];
+    let aws_env = crate::demo::local_aws_env(&kinesis.endpoint, Some(&dynamodb.endpoint));
     let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let streams = Streams {
         input: format!("demo-{run_id}-signups"),
