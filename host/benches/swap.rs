@@ -40,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         &catalogs_dir,
         catalogs.clone(),
         Arc::new(Metrics::default()),
+        false,
     )?;
 
     let mut generator = xtask::signups::Generator::new(&root.join("catalogs/geonames/cities15000.csv"), 11)?;

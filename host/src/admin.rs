@@ -8,6 +8,13 @@
 //!   200 with the active module, 422 with the refusal, 404 for an unknown region.
 //! - `POST /v1/regions/{region}/rollback`: 200 with the module now active,
 //!   409 if there is no previous version.
+//! - `GET  /v1/fleet`: with a registry, what every worker serves
+//!   ([`FleetStatus`](crate::registry::fleet::FleetStatus)).
+//!
+//! A worker that follows a registry publishes and rolls back through the
+//! registry (gated here first), never on itself alone: the answer is then
+//! the new revision, and every worker, this one included, swaps when it
+//! reads it.
 
 use std::sync::Arc;
 
@@ -22,12 +29,26 @@ use axum::routing::{get, post, put};
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::catalog::Catalogs;
+use crate::registry::publish::{PublishError, Publication};
+use crate::registry::{self, RegionState, Registry, RegistryError};
 use crate::rollout::{Origin, Refused, Rollout};
 
 #[derive(Clone)]
 struct Admin {
     rollout: Arc<Rollout>,
     token: Arc<str>,
+    registry: Option<Arc<RegistryAccess>>,
+}
+
+/// What the admin API of a registry worker publishes with.
+pub struct RegistryAccess {
+    pub registry: Arc<dyn Registry>,
+    /// Routing and catalogs (for a region's first revision).
+    pub catalogs: Arc<Catalogs>,
+    pub catalogs_dir: std::path::PathBuf,
+    /// Recorded as the publisher: `admin-api@<worker>`.
+    pub publisher: String,
 }
 
 /// Serves the API on `listener`, over TLS if `tls` is given, until `shutdown`.
@@ -39,13 +60,15 @@ pub fn serve(
     token: String,
     rollout: Arc<Rollout>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    registry: Option<Arc<RegistryAccess>>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     // A larger body is refused before it is read; the gate says why.
     let max_body = rollout.max_module_bytes() + 1;
-    let state = Admin { rollout, token: token.into() };
+    let state = Admin { rollout, token: token.into(), registry };
     let app = Router::new()
         .route("/v1/regions", get(regions))
+        .route("/v1/fleet", get(fleet))
         .route("/v1/regions/{region}/module", put(publish))
         .route("/v1/regions/{region}/rollback", post(rollback))
         .layer(DefaultBodyLimit::max(max_body))
@@ -90,7 +113,38 @@ async fn regions(State(admin): State<Admin>) -> Response {
     axum::Json(admin.rollout.status()).into_response()
 }
 
+async fn fleet(State(admin): State<Admin>) -> Response {
+    let Some(access) = &admin.registry else {
+        return (StatusCode::NOT_FOUND, axum::Json(json!({"error": "this offerd follows no registry"})))
+            .into_response();
+    };
+    match crate::registry::fleet::FleetStatus::read(&*access.registry).await {
+        Ok(status) => axum::Json(status).into_response(),
+        Err(e) => registry_error(&e),
+    }
+}
+
 async fn publish(State(admin): State<Admin>, Path(region): Path<String>, body: Bytes) -> Response {
+    if let Some(access) = &admin.registry {
+        let publication = Publication {
+            region,
+            module: Some(body.to_vec()),
+            catalog: None,
+            publisher: access.publisher.clone(),
+            expect_revision: None,
+        };
+        let engine = admin.rollout.engine();
+        let published = registry::publish::publish(
+            &*access.registry,
+            engine,
+            &access.catalogs,
+            &access.catalogs_dir,
+            &[],
+            publication,
+        )
+        .await;
+        return revision_answer(published.map(|p| p.state));
+    }
     let rollout = admin.rollout.clone();
     // Compiling and gating run module code: off the async threads.
     let published =
@@ -99,6 +153,10 @@ async fn publish(State(admin): State<Admin>, Path(region): Path<String>, body: B
 }
 
 async fn rollback(State(admin): State<Admin>, Path(region): Path<String>) -> Response {
+    if let Some(access) = &admin.registry {
+        let rolled = registry::publish::rollback(&*access.registry, &region, None, access.publisher.clone()).await;
+        return revision_answer(rolled);
+    }
     let rollout = admin.rollout.clone();
     answer(tokio::task::spawn_blocking(move || rollout.rollback(&region)).await)
 }
@@ -130,4 +188,28 @@ fn answer(result: Result<Result<Arc<crate::enricher::Active>, Refused>, tokio::t
                 .into_response()
         }
     }
+}
+
+/// A registry change: 200 with the new revision, else why not.
+fn revision_answer(result: Result<RegionState, PublishError>) -> Response {
+    match result {
+        Ok(state) => axum::Json(state.current).into_response(),
+        Err(PublishError::Registry(e)) => registry_error(&e),
+        Err(e @ PublishError::Refused { .. }) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(json!({"error": e.to_string()}))).into_response()
+        }
+        Err(PublishError::UnknownRegion(e)) => {
+            (StatusCode::NOT_FOUND, axum::Json(json!({"error": e}))).into_response()
+        }
+        Err(PublishError::Invalid(e)) => (StatusCode::CONFLICT, axum::Json(json!({"error": e}))).into_response(),
+    }
+}
+
+fn registry_error(e: &RegistryError) -> Response {
+    let status = match e {
+        RegistryError::Unreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        RegistryError::Conflict { .. } => StatusCode::CONFLICT,
+        RegistryError::BadObject { .. } | RegistryError::Malformed { .. } => StatusCode::BAD_GATEWAY,
+    };
+    (status, axum::Json(json!({"error": e.to_string()}))).into_response()
 }

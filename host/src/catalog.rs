@@ -203,6 +203,21 @@ impl Catalogs {
         load_region(file, &region, entry.countries)
     }
 
+    /// A catalog for `region` from the bytes of a `<region>.toml` (fetched
+    /// from a registry, say), routed as this set routes the region; `file`
+    /// names the bytes in errors.
+    ///
+    /// # Errors
+    /// The region is not defined here, or the bytes are not a valid catalog for it.
+    pub fn parse_region(&self, region: &str, file: &Path, bytes: &[u8]) -> Result<RegionCatalog, ConfigError> {
+        let countries = self
+            .regions
+            .get(region)
+            .map(|c| c.countries.clone())
+            .ok_or_else(|| error(file, "region", format!("{region:?} is not defined in regions.toml")))?;
+        check_region(file, crate::config_file::parse_bytes(file, bytes)?, region, countries)
+    }
+
     /// The region a country is routed to.
     pub fn route(&self, country: &str) -> Option<&str> {
         self.routes.get(country).map(String::as_str)
@@ -226,7 +241,15 @@ fn check_country_code(code: &str) -> Result<(), String> {
 }
 
 fn load_region(file: &Path, region: &str, countries: Vec<String>) -> Result<RegionCatalog, ConfigError> {
-    let parsed: CatalogFile = parse(file)?;
+    check_region(file, parse(file)?, region, countries)
+}
+
+fn check_region(
+    file: &Path,
+    parsed: CatalogFile,
+    region: &str,
+    countries: Vec<String>,
+) -> Result<RegionCatalog, ConfigError> {
     let fail = |key: String, reason: String| Err(error(file, key, reason));
     if parsed.region != region {
         return fail("region".into(), format!("{:?} does not match the file name {region:?}", parsed.region));

@@ -13,16 +13,18 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::catalog::Catalogs;
 use crate::engine::{Engine, Limits, ModuleCache};
+use crate::registry::aws::AwsRegistry;
 use crate::enricher::{Enricher, Outcome};
 use crate::signing::TrustedKeys;
 use crate::{admin, http_server, module_store, service, stream};
-use run_settings::RunSettings;
+use run_settings::{RulesFrom, RunSettings};
 
 mod build;
 mod diff;
 mod lease;
 mod new_rule;
 mod publish;
+mod registry;
 mod run_settings;
 mod sign;
 mod test;
@@ -51,9 +53,10 @@ enum Command {
     /// Consume a Kinesis stream of sign-ups until SIGINT/SIGTERM.
     Run(Box<RunArgs>),
     /// Validate a module for a region (contract, init with the catalog, golden
-    /// cases, smoke batch), then install it into a module store or a running offerd.
+    /// cases, smoke batch), then install it into a module store, a running
+    /// offerd, or the registry a fleet follows.
     Publish(publish::PublishArgs),
-    /// Put a region of a running offerd back on its previous module.
+    /// Put a region of a running offerd, or of the registry, back on an earlier module.
     Rollback(publish::RollbackArgs),
     /// Compare two modules on the same sign-ups: offers added, removed,
     /// re-priced, re-ranked, rejections and failures; exit 1 when they differ.
@@ -70,6 +73,12 @@ enum Command {
     Keygen(sign::KeygenArgs),
     /// Sign a module (wasmsign2 format) so hosts with `--trusted-keys` accept it.
     Sign(sign::SignArgs),
+    /// Inspect the module registry a fleet follows.
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
+    /// What every worker following the registry serves.
+    #[command(subcommand)]
+    Fleet(registry::FleetCommand),
     /// Inspect the lease table that workers share a stream through.
     #[command(subcommand)]
     Lease(lease::LeaseCommand),
@@ -175,6 +184,8 @@ pub fn main() -> ExitCode {
         Command::Publish(args) => publish::publish(&args),
         Command::Rollback(args) => publish::rollback(&args),
         Command::Lease(command) => lease::run(&command),
+        Command::Registry(command) => registry::registry(&command),
+        Command::Fleet(command) => registry::fleet(&command),
         Command::Wit(args) => wit::run(&args),
         Command::Diff(args) => diff::run(&args),
         Command::NewRule(args) => new_rule::run(&args),
@@ -314,9 +325,22 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 service::Checkpoints::Leases { settings: leases, client: aws_sdk_dynamodb::Client::from_conf(config) }
             }
         };
+        let rules = match settings.rules {
+            RulesFrom::Registry(registry) => {
+                let (dynamodb, s3) = crate::registry::aws::clients(&sdk);
+                let opened = AwsRegistry::open(registry.location, dynamodb, s3).await?;
+                service::Rules::Registry(service::Following {
+                    registry: Arc::new(opened),
+                    state_dir: registry.state_dir,
+                    poll_every: registry.poll_every,
+                    worker: settings.worker_id.clone(),
+                })
+            }
+            RulesFrom::Modules(modules) => service::Rules::Directory(modules),
+        };
         let service_settings = service::Settings {
             stream: settings.stream,
-            modules: settings.modules,
+            rules,
             catalogs: settings.catalogs,
             checkpoints,
             limits: args.engine.limits(),

@@ -40,9 +40,14 @@ pub(crate) fn read_limited(file: &Path, limit: u64) -> std::io::Result<Vec<u8>> 
 
 /// Parses a TOML file, reporting the dotted path of the key that failed.
 pub(crate) fn parse<T: for<'de> Deserialize<'de>>(file: &Path) -> Result<T, ConfigError> {
-    let text = read_limited(file, MAX_FILE_BYTES)
-        .and_then(|bytes| String::from_utf8(bytes).map_err(std::io::Error::other))
-        .map_err(|e| error(file, "-", format!("cannot read: {e}")))?;
+    let bytes = read_limited(file, MAX_FILE_BYTES).map_err(|e| error(file, "-", format!("cannot read: {e}")))?;
+    parse_bytes(file, &bytes)
+}
+
+/// [`parse`] for a file's bytes already read (from a registry, say); `file`
+/// names them in errors.
+pub(crate) fn parse_bytes<T: for<'de> Deserialize<'de>>(file: &Path, bytes: &[u8]) -> Result<T, ConfigError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| error(file, "-", format!("cannot read: {e}")))?;
     let at_line = |e: &toml::de::Error| {
         let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
         line.map(|l| format!(" (line {l})")).unwrap_or_default()

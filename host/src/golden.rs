@@ -18,7 +18,7 @@ use crate::catalog::RegionCatalog;
 use crate::engine::{FailureKind, Offer, RegionRules};
 use crate::signup::SignUp;
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Case {
     pub name: String,

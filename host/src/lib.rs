@@ -15,6 +15,7 @@
 //! - [`metrics`]: Prometheus metrics and health endpoints of `offerd run`.
 //! - [`rollout`]: gated hot swap of a region's rules, rollback, the store watcher.
 //! - [`admin`]: the admin HTTP API of `offerd run`.
+//! - [`registry`]: the module registry a fleet follows (DynamoDB and S3).
 //! - `atomic_file`: crash-safe file replacement (checkpoints, module store).
 //! - `http_server`: binding and serving either HTTP endpoint until shutdown.
 //! - [`tls`]: TLS settings of the admin API.
@@ -33,6 +34,7 @@ mod http_server;
 pub mod metrics;
 pub mod module_store;
 pub mod record;
+pub mod registry;
 pub mod rollout;
 pub mod service;
 pub mod signing;
@@ -41,3 +43,13 @@ pub mod stream;
 #[cfg(test)]
 mod test_alloc;
 pub mod tls;
+
+/// The machine's name, for default worker ids and publishers.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "offerd".to_owned())
+}

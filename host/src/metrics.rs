@@ -63,6 +63,16 @@ struct LeaseRequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PollLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegistryRegionLabels {
+    region: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeadLetterLabels {
     reason: &'static str,
 }
@@ -89,6 +99,12 @@ pub struct Metrics {
     lease_events: Family<LeaseEventLabels, Counter>,
     lease_renewal_seconds: Histogram,
     lease_requests: Family<LeaseRequestLabels, Counter>,
+    registry_revision: Family<RegistryRegionLabels, Gauge>,
+    registry_polls: Family<PollLabels, Counter>,
+    registry_publication_to_serving: Histogram,
+    registry_unreachable: Gauge,
+    /// Unix milliseconds since which the registry has been unreachable, for `/healthz`.
+    registry_down_since_ms: Mutex<Option<i64>>,
     /// Offers and module failures per region, for the admin API.
     region_totals: Mutex<HashMap<String, (u64, u64)>>,
     /// Set once every shard reader has started; cleared on shutdown.
@@ -122,6 +138,27 @@ impl Metrics {
     /// `stall_after`: see [`Self::stalled_shards`].
     pub fn new(stall_after: Duration) -> Self {
         let mut registry = Registry::with_prefix("offerd");
+        let registry_revision = Family::<RegistryRegionLabels, Gauge>::default();
+        registry.register(
+            "registry_revision",
+            "The registry's current revision of each region, as last read",
+            registry_revision.clone(),
+        );
+        let registry_polls = Family::<PollLabels, Counter>::default();
+        registry.register("registry_polls", "Reads of the registry, by result (ok, unreachable)", registry_polls.clone());
+        // 50 ms to about 27 min.
+        let registry_publication_to_serving = Histogram::new(exponential_buckets(0.05, 2.0, 16));
+        registry.register(
+            "registry_publication_to_serving_seconds",
+            "From a revision's publication (publisher's clock) to serving on this worker",
+            registry_publication_to_serving.clone(),
+        );
+        let registry_unreachable = Gauge::default();
+        registry.register(
+            "registry_unreachable",
+            "1 while the registry this worker follows does not answer",
+            registry_unreachable.clone(),
+        );
         let records_read = Family::<ShardLabels, Counter>::default();
         let offers = Family::<RegionLabels, Counter>::default();
         let module_failures = Family::<RegionLabels, Counter>::default();
@@ -241,6 +278,11 @@ impl Metrics {
             lease_events,
             lease_renewal_seconds,
             lease_requests,
+            registry_revision,
+            registry_polls,
+            registry_publication_to_serving,
+            registry_unreachable,
+            registry_down_since_ms: Mutex::default(),
             region_totals: Mutex::default(),
             ready: AtomicBool::new(false),
             shards: Mutex::default(),
@@ -410,6 +452,30 @@ impl Metrics {
         self.lease_renewal_seconds.observe(seconds);
     }
 
+    pub fn registry_revision(&self, region: &str, revision: u64) {
+        let labels = RegistryRegionLabels { region: region.to_owned() };
+        self.registry_revision.get_or_create(&labels).set(i64::try_from(revision).unwrap_or(i64::MAX));
+    }
+
+    /// `result`: `ok` or `unreachable`.
+    pub fn registry_poll(&self, result: &'static str) {
+        self.registry_polls.get_or_create(&PollLabels { result }).inc();
+    }
+
+    pub fn registry_applied(&self, seconds_since_publication: f64) {
+        self.registry_publication_to_serving.observe(seconds_since_publication);
+    }
+
+    pub fn registry_unreachable(&self, unreachable: bool) {
+        self.registry_unreachable.set(i64::from(unreachable));
+        let mut since = self.registry_down_since_ms.lock().expect("never held across a panic");
+        match (unreachable, *since) {
+            (true, None) => *since = Some(crate::registry::now_ms()),
+            (false, Some(_)) => *since = None,
+            _ => {}
+        }
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
@@ -443,7 +509,7 @@ pub fn serve(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let app = Router::new()
         .route("/metrics", get(prometheus_text))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(health))
         .route("/readyz", get(readiness))
         .with_state(metrics);
     crate::http_server::spawn(listener, "/metrics, /healthz, /readyz", app, None, shutdown)
@@ -451,6 +517,17 @@ pub fn serve(
 
 async fn prometheus_text(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.encode())
+}
+
+/// The process answers: `ok`, degraded while the registry it follows is
+/// unreachable (records keep flowing on what serves).
+async fn health(State(metrics): State<Arc<Metrics>>) -> String {
+    match *metrics.registry_down_since_ms.lock().expect("never held across a panic") {
+        None => "ok\n".into(),
+        Some(since) => {
+            format!("ok, degraded: the registry is unreachable since {}\n", crate::registry::format_ms(since))
+        }
+    }
 }
 
 async fn readiness(State(metrics): State<Arc<Metrics>>) -> (StatusCode, String) {

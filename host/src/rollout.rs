@@ -122,6 +122,8 @@ pub enum Origin {
     Rollback,
     /// What the store held when offerd started.
     StartUp,
+    /// A revision of the registry this offerd follows.
+    Registry,
 }
 
 /// A publication that was refused.
@@ -214,6 +216,9 @@ impl Rollout {
     /// are dead-lettered. The version rollback returns to comes back as well.
     /// Each distinct module compiles once.
     ///
+    /// With `may_start_empty` (a registry fills the regions next), no region
+    /// needs rules.
+    ///
     /// # Errors
     /// No region ends up with rules.
     pub fn start(
@@ -222,6 +227,7 @@ impl Rollout {
         catalogs_dir: &Path,
         catalogs: Arc<Catalogs>,
         metrics: Arc<Metrics>,
+        may_start_empty: bool,
     ) -> anyhow::Result<(Arc<Enricher>, Self)> {
         module_store::warn_of_strays(&store, &catalogs);
         let mut compiled: HashMap<String, Arc<RuleModule>> = HashMap::new();
@@ -310,7 +316,9 @@ impl Rollout {
             loaded.rules.insert(region.to_owned(), Arc::new(rules));
             history.insert(region.to_owned(), entry);
         }
-        module_store::ensure_some_rules(&loaded, store.dir())?;
+        if !may_start_empty {
+            module_store::ensure_some_rules(&loaded, store.dir())?;
+        }
         let enricher = Arc::new(Enricher::new(catalogs, loaded));
         let rollout = Self {
             engine,
@@ -322,6 +330,14 @@ impl Rollout {
             gating: Mutex::new(()),
         };
         Ok((enricher, rollout))
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn enricher(&self) -> &Arc<Enricher> {
+        &self.enricher
     }
 
     pub fn region_names(&self) -> Vec<String> {
@@ -369,6 +385,37 @@ impl Rollout {
             }
             Ok(rules)
         });
+        self.settle(region, started, result, bytes, digest, origin)
+    }
+
+    /// Gates `bytes` with `catalog` for `region` and, if they pass, makes
+    /// the pair serve it from its next batch: a registry revision. Runs the
+    /// module's code: call it off the async threads.
+    ///
+    /// # Errors
+    /// The gate refused it; the active rules keep serving.
+    pub fn apply(&self, region: &str, bytes: Vec<u8>, catalog: RegionCatalog) -> Result<Arc<Active>, Refused> {
+        let started = Instant::now();
+        let _gating = self.gating.lock().expect("the gating lock is never held across a panic");
+        if !self.history().contains_key(region) {
+            return Err(Refused::UnknownRegion(region.to_owned()));
+        }
+        let digest = digest(&bytes);
+        let bytes: Arc<[u8]> = bytes.into();
+        let result = self.gated(region, &bytes, Some(catalog));
+        self.settle(region, started, result, bytes, digest, Origin::Registry)
+    }
+
+    /// Activates what passed the gate, or keeps the refusal.
+    fn settle(
+        &self,
+        region: &str,
+        started: Instant,
+        result: Result<RegionRules, Refused>,
+        bytes: Arc<[u8]>,
+        digest: String,
+        origin: Origin,
+    ) -> Result<Arc<Active>, Refused> {
         self.metrics.gate_seconds(started.elapsed().as_secs_f64());
         let mut history = self.history();
         let entry = history.get_mut(region).expect("regions are fixed at start-up");

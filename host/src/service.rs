@@ -16,6 +16,9 @@ use crate::catalog::Catalogs;
 use crate::engine::{Engine, Limits, ModuleCache};
 use crate::metrics::{self, Metrics};
 use crate::module_store::ModuleStore;
+use crate::registry::Registry;
+use crate::registry::follow::{FollowSettings, Follower, Poll};
+use crate::registry::state::StateDir;
 use crate::rollout::{self, Rollout};
 use crate::signing::TrustedKeys;
 use crate::stream::checkpoint::{CheckpointStore, FileCheckpoints};
@@ -28,8 +31,8 @@ const TRIM_EVERY: Duration = Duration::from_secs(60);
 /// Everything `offerd run` is told.
 pub struct Settings {
     pub stream: RunConfig,
-    /// Module store directory.
-    pub modules: PathBuf,
+    /// Where the rules come from.
+    pub rules: Rules,
     /// Catalog directory.
     pub catalogs: PathBuf,
     pub checkpoints: Checkpoints,
@@ -41,6 +44,27 @@ pub struct Settings {
     /// See [`Metrics::stalled_shards`].
     pub stall_after: Duration,
 }
+
+/// Where a region's rules come from.
+pub enum Rules {
+    /// A module store directory, watched: this process alone.
+    Directory(PathBuf),
+    /// A registry every worker of the fleet follows.
+    Registry(Following),
+}
+
+/// How this worker follows a registry.
+pub struct Following {
+    pub registry: Arc<dyn Registry>,
+    /// Where the last served revisions are kept across restarts.
+    pub state_dir: PathBuf,
+    pub poll_every: Duration,
+    /// This worker's name in the fleet.
+    pub worker: String,
+}
+
+/// Seconds between a worker's reports to the registry when nothing changes.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 
 /// Where checkpoints live, and with them who reads which shard.
 pub enum Checkpoints {
@@ -80,7 +104,7 @@ pub async fn run(
     client: aws_sdk_kinesis::Client,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let Settings { stream: config, modules, catalogs, checkpoints, limits, trusted_keys, module_cache, stall_after } =
+    let Settings { stream: config, rules, catalogs, checkpoints, limits, trusted_keys, module_cache, stall_after } =
         settings;
     let metrics = Arc::new(Metrics::new(stall_after));
     let input_stream = config.input_stream.clone();
@@ -98,7 +122,7 @@ pub async fn run(
     };
     let leases = opened.as_ref().ok().cloned();
     // Blocking work: locking and reading files, compiling and gating modules.
-    let (store, enricher, rollout) = tokio::task::spawn_blocking(move || {
+    let (store, enricher, rollout, routing, following) = tokio::task::spawn_blocking(move || {
         let store: Arc<dyn CheckpointStore> = match opened {
             Ok(leases) => leases,
             Err(path) => Arc::new(
@@ -106,15 +130,38 @@ pub async fn run(
                     .with_context(|| format!("opening checkpoints {}", path.display()))?,
             ),
         };
+        // Following a registry, the roll-out serves from the local state:
+        // what served before the restart, until the registry says otherwise.
+        let (modules, catalogs, following) = match rules {
+            Rules::Directory(dir) => (ModuleStore::open(&dir)?, catalogs, None),
+            Rules::Registry(following) => {
+                let state = StateDir::open(&following.state_dir, &catalogs)?;
+                (state.module_store()?, state.catalogs_dir(), Some((following, state)))
+            }
+        };
         let loaded = Arc::new(Catalogs::load(&catalogs)?);
         let engine = Engine::new(limits)?.trusting(trusted_keys).caching(module_cache);
         let (enricher, rollout) =
-            Rollout::start(engine, ModuleStore::open(&modules)?, &catalogs, loaded, started_metrics)?;
-        anyhow::Ok((store, enricher, Arc::new(rollout)))
+            Rollout::start(engine, modules, &catalogs, loaded.clone(), started_metrics, following.is_some())?;
+        anyhow::Ok((store, enricher, Arc::new(rollout), loaded, following))
     })
     .await
     .context("the start-up task panicked")??;
-    let _watcher = rollout::watcher::start(rollout.clone())?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    // The file watcher, or the registry: never both.
+    let (_watcher, follower_task, registry_access) = match following {
+        None => (Some(rollout::watcher::start(rollout.clone())?), None, None),
+        Some((following, state)) => {
+            let access = crate::admin::RegistryAccess {
+                registry: following.registry.clone(),
+                catalogs: routing.clone(),
+                catalogs_dir: state.catalogs_dir(),
+                publisher: format!("admin-api@{}", following.worker),
+            };
+            let follower = start_following(following, state, rollout.clone(), routing, metrics.clone()).await?;
+            (None, Some(tokio::spawn(Arc::new(follower).run(stopping.clone()))), Some(Arc::new(access)))
+        }
+    };
     let trimmed = enricher.clone();
     let trimmer = tokio::spawn(async move {
         let mut every = tokio::time::interval(TRIM_EVERY);
@@ -123,13 +170,12 @@ pub async fn run(
             trimmed.trim_idle();
         }
     });
-    let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
     if let Some(listener) = listeners.metrics {
         servers.push(metrics::serve(listener, metrics.clone(), stopping.clone())?);
     }
     if let Some(AdminEndpoint { listener, token, tls }) = listeners.admin {
-        servers.push(crate::admin::serve(listener, token, rollout, tls, stopping.clone())?);
+        servers.push(crate::admin::serve(listener, token, rollout, tls, registry_access, stopping.clone())?);
     }
     tokio::spawn(async move {
         shutdown.await;
@@ -141,5 +187,44 @@ pub async fn run(
     for server in servers {
         let _ = server.await;
     }
+    if let Some(task) = follower_task {
+        let _ = task.await;
+    }
     Ok(())
+}
+
+/// Reads the registry once before any record is read, so a new worker
+/// serves the registry's revisions from its first record. With the registry
+/// unreachable, what the local state kept serves (degraded).
+///
+/// # Errors
+/// No region ends up with rules: the registry is unreachable and the state
+/// holds nothing, or no revision passes this worker's gate.
+async fn start_following(
+    following: Following,
+    state: StateDir,
+    rollout: Arc<Rollout>,
+    routing: Arc<Catalogs>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Follower> {
+    let Following { registry, state_dir, poll_every, worker } = following;
+    let settings = FollowSettings { worker, poll_every, heartbeat_every: HEARTBEAT_EVERY };
+    let described = registry.describe();
+    let follower = Follower::new(registry, rollout.clone(), routing, state, metrics, settings);
+    let poll = follower.poll().await;
+    let serving = rollout.enricher().region_names().into_iter().filter(|r| rollout.enricher().active(r).is_some()).count();
+    match poll {
+        Poll::Unreachable if serving == 0 => anyhow::bail!(
+            "the {described} is unreachable and {} holds no revision served before: start-up needs one or the other",
+            state_dir.display()
+        ),
+        Poll::Unreachable => {
+            tracing::warn!(registry = %described, regions = serving, "registry unreachable at start-up: serving the revisions this worker served last (degraded)")
+        }
+        Poll::Answered { .. } if serving == 0 => anyhow::bail!(
+            "no region has rules: the {described} has no revision that passes this worker's gate (publish one with `offerd publish --registry-table …`)"
+        ),
+        Poll::Answered { swapped } => tracing::info!(registry = %described, regions = serving, swapped, "following the registry"),
+    }
+    Ok(follower)
 }

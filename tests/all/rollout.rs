@@ -20,7 +20,7 @@ fn signup_at(user: &str, n: usize, country: &str, lat: f64, lon: f64) -> String 
 }
 
 /// Berlin and New York: one europe and one north-america sign-up per user pair.
-fn round(n: usize) -> Vec<(String, String)> {
+pub(super) fn round(n: usize) -> Vec<(String, String)> {
     (0..4)
         .flat_map(|u| {
             [
@@ -58,7 +58,7 @@ fn wait_for_admin(admin: &str) {
 
 /// Per shard, the digests of one region's outputs in input order, collapsed
 /// to runs: `[v1, v2]` is a single switch point.
-fn digest_runs(offers: &[Value], region: &str) -> BTreeMap<String, Vec<String>> {
+pub(super) fn digest_runs(offers: &[Value], region: &str) -> BTreeMap<String, Vec<String>> {
     let mut by_shard: BTreeMap<String, Vec<(Seq, String)>> = BTreeMap::new();
     for o in offers.iter().filter(|o| o["region"] == region) {
         let shard = o["source"]["shard_id"].as_str().unwrap().to_owned();
@@ -407,6 +407,7 @@ fn a_module_slow_to_compile_does_not_hold_up_the_record_path() {
         &super::catalogs(),
         catalogs,
         Arc::new(Metrics::default()),
+        false,
     )
     .unwrap();
     let inputs: Vec<String> = (0..20).map(|n| signup_at(&format!("u{n}"), n, "DE", 52.5, 13.4)).collect();

@@ -805,7 +805,7 @@ async fn the_service_runs_in_process_until_its_shutdown_future() {
             max_aggregate_records: offerd::stream::kpl::DEFAULT_MAX_RECORDS,
             put_retry_budget: Duration::from_secs(60),
         },
-        modules: store.path().to_owned(),
+        rules: offerd::service::Rules::Directory(store.path().to_owned()),
         catalogs: catalogs(),
         checkpoints: offerd::service::Checkpoints::File(checkpoints.clone()),
         limits: offerd::engine::Limits::default(),

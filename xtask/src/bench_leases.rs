@@ -59,7 +59,7 @@ pub fn run(options: &Options) -> Result<()> {
         let client = client(&aws_env).await;
         let spawn = |streams: &Streams, table: &str, id: &str, metrics: &str| {
             let extra = ["--lease-table", table, "--worker-id", id, "--start-at", "latest", "--batch-size", "100"];
-            spawn_offerd(&root, streams, &modules, None, metrics, &aws_env, &extra)
+            spawn_offerd(&root, streams, Some(&modules), None, metrics, &aws_env, &extra)
         };
 
         println!("failover after kill -9 ({} trials; 2 workers, 4 shards, lease 3 s, renewal 1 s):", options.trials);
@@ -152,7 +152,7 @@ fn cpu_per_record(
             for w in 0..workers {
                 let metrics = free_addr()?;
                 let extra = ["--lease-table", &table, "--worker-id", &format!("w{w}"), "--batch-size", "500"];
-                running.push((spawn_offerd(root, &streams, modules, None, &metrics, &aws_env, &extra)?, metrics));
+                running.push((spawn_offerd(root, &streams, Some(modules), None, &metrics, &aws_env, &extra)?, metrics));
             }
             // Metrics answer once start-up (module compiles) is done: CPU from there.
             let deadline = Instant::now() + Duration::from_secs(120);

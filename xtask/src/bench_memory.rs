@@ -97,7 +97,7 @@ pub fn run() -> Result<()> {
                 (_, true) => (split_catalogs.clone(), &distinct),
             };
             let metrics = free_addr()?;
-            let mut command = offerd_command(&streams, modules, &metrics, &aws_env);
+            let mut command = offerd_command(&streams, Some(modules), &metrics, &aws_env);
             command.arg("--catalogs").arg(&catalogs).args(["--batch-size", "500"]);
             command.arg("--checkpoints").arg(work.join(format!("checkpoints-{i}.json")));
             let offerd = command.spawn().context("starting offerd")?;

@@ -60,7 +60,7 @@ pub fn run(options: &Options) -> Result<()> {
         let offerd = demo::spawn_offerd(
             &root,
             &streams,
-            &modules,
+            Some(&modules),
             Some(&checkpoints),
             &metrics,
             &aws_env,

@@ -75,7 +75,7 @@ pub fn run(options: &Options) -> Result<()> {
             let extra = ["--batch-size", &batch, "--admin-addr", admin, "--admin-token-file"];
             let token = token_file.to_str().context("UTF-8 path")?;
             let metrics = free_addr()?;
-            spawn_offerd(&root, &streams, &modules, Some(&checkpoints), &metrics, &aws_env, &[&extra[..], &[token]].concat())
+            spawn_offerd(&root, &streams, Some(&modules), Some(&checkpoints), &metrics, &aws_env, &[&extra[..], &[token]].concat())
         };
         let mut swaps_killed = 0;
         let mut mid_checkpoint = 0;

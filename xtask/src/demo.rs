@@ -57,6 +57,11 @@ fn offerd_binary() -> &'static Path {
     OFFERD.get().expect("build_offerd runs before offerd is started")
 }
 
+/// The `offerd` binary [`build_offerd`] built, to run one of its commands.
+pub(crate) fn offerd_cli() -> Command {
+    Command::new(offerd_binary())
+}
+
 pub fn run(options: &Options) -> Result<()> {
     let root = xtask::workspace_root();
     let work = root.join("target/demo");
@@ -108,7 +113,7 @@ pub fn run(options: &Options) -> Result<()> {
         let _ = std::fs::remove_file(&checkpoints);
         let admin_addr = free_addr()?;
         let admin = ["--admin-addr", &admin_addr, "--admin-token-file", token_file.to_str().context("UTF-8 path")?];
-        let offerd = spawn_offerd(&root, &streams, &modules, Some(&checkpoints), &metrics_addr, &aws_env, &admin)?;
+        let offerd = spawn_offerd(&root, &streams, Some(&modules), Some(&checkpoints), &metrics_addr, &aws_env, &admin)?;
         println!("admin API on http://{admin_addr} (bearer token in {})", token_file.display());
         let publish = Publish { root: &root, module: &v2, admin: &admin_addr, token_file: &token_file };
         let result = drive(&client, &streams, &root, options, &metrics_addr, &publish).await;
@@ -170,7 +175,7 @@ pub(crate) async fn create_stream(client: &Client, name: &str, shards: i32) -> R
 pub(crate) fn spawn_offerd(
     root: &Path,
     streams: &Streams,
-    modules: &Path,
+    modules: Option<&Path>,
     checkpoints: Option<&Path>,
     metrics_addr: &str,
     aws_env: &[(&str, String)],
@@ -184,11 +189,12 @@ pub(crate) fn spawn_offerd(
     command.spawn().context("starting offerd")
 }
 
-/// `offerd run` (as [`build_offerd`] built it) on these streams and modules, without
-/// `--catalogs`: the caller adds it and whatever else it needs.
+/// `offerd run` (as [`build_offerd`] built it) on these streams and modules
+/// (none: the caller gives a registry), without `--catalogs`: the caller
+/// adds it and whatever else it needs.
 pub(crate) fn offerd_command(
     streams: &Streams,
-    modules: &Path,
+    modules: Option<&Path>,
     metrics_addr: &str,
     aws_env: &[(&str, String)],
 ) -> Command {
@@ -196,9 +202,10 @@ pub(crate) fn offerd_command(
     command
         .args(["run", "--input-stream", &streams.input, "--output-stream", &streams.output])
         .args(["--dead-letter-stream", &streams.dead_letters, "--metrics-addr", metrics_addr])
-        .arg("--modules")
-        .arg(modules)
         .env("OFFERD_LOG", std::env::var("OFFERD_LOG").unwrap_or_else(|_| "warn".into()));
+    if let Some(modules) = modules {
+        command.arg("--modules").arg(modules);
+    }
     for (key, value) in aws_env {
         command.env(key, value);
     }
@@ -218,7 +225,7 @@ struct Publish<'a> {
 impl Publish<'_> {
     /// Validates locally (europe's golden cases included), then uploads.
     fn run(&self) -> Result<()> {
-        let status = Command::new(offerd_binary())
+        let status = offerd_cli()
             .args(["publish", "--region", "europe"])
             .arg(self.module)
             .arg("--catalogs")
@@ -236,7 +243,7 @@ impl Publish<'_> {
 }
 
 /// The rules version the demo publishes for europe mid-run.
-const V2: &str = "0.2.0";
+pub(crate) const V2: &str = "0.2.0";
 
 /// Not a secret worth more: the demo's API listens on loopback for its run only.
 fn demo_token() -> String {

@@ -161,4 +161,5 @@ pub mod dynalite;
 pub mod kinesalite;
 pub mod kinesis_local;
 pub mod local_server;
+pub mod moto;
 pub mod signups;

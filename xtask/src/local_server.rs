@@ -1,4 +1,4 @@
-//! A local AWS-compatible server (a Node.js process on loopback) for tests,
+//! A local AWS-compatible server (a Node.js or Python process on loopback) for tests,
 //! demos and benches: started quiet, awaited until it answers, killed when
 //! dropped.
 
@@ -25,7 +25,7 @@ impl LocalServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("starting node (is Node.js installed?)")?;
+            .with_context(|| format!("starting {name}"))?;
         let mut server = Self { endpoint: format!("http://127.0.0.1:{port}"), child };
         let deadline = Instant::now() + START_TIMEOUT;
         while TcpStream::connect(("127.0.0.1", port)).is_err() {

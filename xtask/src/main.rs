@@ -134,10 +134,16 @@ fn test() -> Result<()> {
     xtask::kinesis_local::npm_ci(&root)?;
     xtask::cargo(&["fmt", "--all", "--check"])?;
     xtask::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    xtask::moto::install(&root)?;
     let kinesis = xtask::kinesis_local::start(&root)?;
     let dynamodb = xtask::dynalite::start(&root)?;
+    let s3 = xtask::moto::start(&root)?;
     xtask::cargo_with_env(
         &["test", "--workspace"],
-        &[("OFFERD_TEST_KINESIS_ENDPOINT", &kinesis.endpoint), ("OFFERD_TEST_DYNAMODB_ENDPOINT", &dynamodb.endpoint)],
+        &[
+            ("OFFERD_TEST_KINESIS_ENDPOINT", &kinesis.endpoint),
+            ("OFFERD_TEST_DYNAMODB_ENDPOINT", &dynamodb.endpoint),
+            ("OFFERD_TEST_S3_ENDPOINT", &s3.endpoint),
+        ],
     )
 }

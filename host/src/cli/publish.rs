@@ -10,9 +10,10 @@ use clap::Args;
 use reqwest::Method;
 
 use super::EngineArgs;
+use super::registry::{RegistryArgs, runtime};
 use crate::catalog::Catalogs;
 use crate::module_store::ModuleStore;
-use crate::rollout;
+use crate::{registry, rollout};
 use crate::{admin, golden};
 
 #[derive(Args)]
@@ -20,9 +21,14 @@ pub(super) struct PublishArgs {
     /// The region the module is for.
     #[arg(long, value_name = "REGION")]
     region: String,
-    /// The component to publish.
-    #[arg(value_name = "FILE")]
-    module: PathBuf,
+    /// The component to publish; with a registry, may be left out to
+    /// publish a new --catalog for the module that serves.
+    #[arg(value_name = "FILE", required_unless_present = "catalog")]
+    module: Option<PathBuf>,
+    /// With a registry: the region's catalog to publish with the module
+    /// [default: the one the region has, or <catalogs>/<region>.toml for its first revision].
+    #[arg(long, value_name = "FILE", requires = "registry_table")]
+    catalog: Option<PathBuf>,
     /// Catalog directory to validate against (`regions.toml`, `<region>.toml`).
     #[arg(long, value_name = "DIR")]
     catalogs: PathBuf,
@@ -31,12 +37,45 @@ pub(super) struct PublishArgs {
     #[arg(long, value_name = "FILE")]
     cases: Option<PathBuf>,
     /// Install into this module store (a running offerd watching it picks it up).
-    #[arg(long, value_name = "DIR", conflicts_with = "admin_url", required_unless_present = "admin_url")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with_all = ["admin_url", "registry_table"],
+        required_unless_present_any = ["admin_url", "registry_table"]
+    )]
     to: Option<PathBuf>,
     #[command(flatten)]
     admin: AdminArgs,
     #[command(flatten)]
+    registry: RegistryArgs,
+    #[command(flatten)]
+    revision: RevisionArgs,
+    /// With a registry: refuse unless the region is at this revision (0:
+    /// none yet), so a pipeline never overwrites a change it has not seen.
+    #[arg(long, value_name = "N", requires = "registry_table")]
+    expect_revision: Option<u64>,
+    #[command(flatten)]
     engine: EngineArgs,
+}
+
+/// Who changes a registry and whether to wait for the fleet.
+#[derive(Args)]
+struct RevisionArgs {
+    /// Recorded with the revision [default: user@host].
+    #[arg(long, value_name = "NAME", requires = "registry_table")]
+    publisher: Option<String>,
+    /// Return when every live worker serves the new revision (exit 0), or
+    /// one refused it or the time ran out (exit 1, naming the workers).
+    #[arg(long, requires = "registry_table")]
+    wait: bool,
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, requires = "wait")]
+    wait_timeout_secs: u64,
+}
+
+impl RevisionArgs {
+    fn publisher(&self) -> String {
+        self.publisher.clone().unwrap_or_else(registry::publish::default_publisher)
+    }
 }
 
 #[derive(Args)]
@@ -44,8 +83,15 @@ pub(super) struct RollbackArgs {
     /// The region to put back on its previous module.
     #[arg(long, value_name = "REGION")]
     region: String,
+    /// With a registry: the revision to go back to [default: the one before the current one].
+    #[arg(long = "to", value_name = "REVISION", requires = "registry_table")]
+    to_revision: Option<u64>,
     #[command(flatten)]
     admin: AdminArgs,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    #[command(flatten)]
+    revision: RevisionArgs,
 }
 
 #[derive(Args)]
@@ -70,15 +116,43 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub(super) fn publish(args: &PublishArgs) -> anyhow::Result<ExitCode> {
     let region = &args.region;
-    let catalog = Catalogs::load_region_file(&args.catalogs.join(format!("{region}.toml")))?;
-    let bytes = std::fs::read(&args.module).with_context(|| format!("reading {}", args.module.display()))?;
     let cases = match &args.cases {
         Some(file) => golden::load(std::slice::from_ref(file))?,
         None => Vec::new(),
     };
     let engine = args.engine.engine()?;
+    let read = |file: &std::path::Path| std::fs::read(file).with_context(|| format!("reading {}", file.display()));
+    if args.registry.given() {
+        let catalogs = Catalogs::load(&args.catalogs)?;
+        let publication = registry::publish::Publication {
+            region: region.clone(),
+            module: args.module.as_deref().map(read).transpose()?,
+            catalog: args.catalog.as_deref().map(read).transpose()?,
+            publisher: args.revision.publisher(),
+            expect_revision: args.expect_revision,
+        };
+        return runtime()?.block_on(async {
+            let registry = args.registry.open().await?;
+            let published =
+                registry::publish::publish(&registry, &engine, &catalogs, &args.catalogs, &cases, publication).await?;
+            let current = &published.state.current;
+            if published.changed {
+                eprintln!(
+                    "{region} is at revision {}: {} {} ({}), catalog {}",
+                    current.revision, current.rule_name, current.rule_version, current.module, current.catalog
+                );
+            } else {
+                eprintln!("{region} serves these bytes already, at revision {}: nothing published", current.revision);
+            }
+            println!("{}", serde_json::to_string(current).expect("a revision always serialises"));
+            finish(&registry, region, current.revision, &args.revision).await
+        });
+    }
+    let Some(module) = &args.module else { bail!("give the module to publish") };
+    let catalog = Catalogs::load_region_file(&args.catalogs.join(format!("{region}.toml")))?;
+    let bytes = read(module)?;
     let rules = rollout::gate(&engine, &bytes, Arc::new(catalog), &cases)
-        .with_context(|| format!("{} refused for {region}", args.module.display()))?;
+        .with_context(|| format!("{} refused for {region}", module.display()))?;
     let info = rules.module().info();
     eprintln!(
         "validated {} {} ({}) for {region}: {} golden cases passed",
@@ -105,9 +179,37 @@ pub(super) fn publish(args: &PublishArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(super) fn rollback(args: &RollbackArgs) -> anyhow::Result<ExitCode> {
+    if args.registry.given() {
+        return runtime()?.block_on(async {
+            let registry = args.registry.open().await?;
+            let state =
+                registry::publish::rollback(&registry, &args.region, args.to_revision, args.revision.publisher())
+                    .await?;
+            let current = &state.current;
+            eprintln!(
+                "{} is at revision {}: back to {} {} ({})",
+                args.region, current.revision, current.rule_name, current.rule_version, current.module
+            );
+            println!("{}", serde_json::to_string(current).expect("a revision always serialises"));
+            finish(&registry, &args.region, current.revision, &args.revision).await
+        });
+    }
     let (url, token) = args.admin.target()?;
     let path = format!("/v1/regions/{}/rollback", args.region);
     runtime()?.block_on(call(&args.admin, &url, &token, Method::POST, &path, Vec::new()))
+}
+
+/// Exit 0, or with `--wait`, the fleet's answer.
+async fn finish(
+    registry: &dyn crate::registry::Registry,
+    region: &str,
+    revision: u64,
+    args: &RevisionArgs,
+) -> anyhow::Result<ExitCode> {
+    if !args.wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    super::registry::wait(registry, region, revision, std::time::Duration::from_secs(args.wait_timeout_secs)).await
 }
 
 impl AdminArgs {
@@ -119,9 +221,6 @@ impl AdminArgs {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")
-}
 
 /// One admin API call; prints the answer, exit status 0 only for a 2xx.
 async fn call(

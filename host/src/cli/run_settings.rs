@@ -10,6 +10,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::config_file;
+use crate::registry::aws::Location;
 use crate::stream::lease::LeaseSettings;
 use crate::stream::{RunConfig, StartAt};
 
@@ -27,9 +28,27 @@ pub(super) struct RunSettings {
     /// Stream the dead letters go to [default: <input-stream>-dead-letters].
     #[arg(long, value_name = "NAME")]
     dead_letter_stream: Option<String>,
-    /// Module store: `<region>.wasm` per region, `default.wasm` for the rest.
+    /// Module store: `<region>.wasm` per region, `default.wasm` for the rest
+    /// (without a registry).
     #[arg(long, value_name = "DIR")]
     modules: Option<PathBuf>,
+    /// Follow the module registry with this DynamoDB table (created if
+    /// missing) instead of a module store; needs --registry-bucket.
+    #[arg(long, value_name = "TABLE", conflicts_with = "modules")]
+    registry_table: Option<String>,
+    /// The registry's S3 bucket (module and catalog bytes).
+    #[arg(long, value_name = "BUCKET")]
+    registry_bucket: Option<String>,
+    /// Key prefix of the registry's objects in the bucket [default: none].
+    #[arg(long, value_name = "PREFIX")]
+    registry_prefix: Option<String>,
+    /// How often the registry is read [default: 1000].
+    #[arg(long, value_name = "MS")]
+    registry_poll_ms: Option<u64>,
+    /// Where the revisions this worker served are kept, to serve them when
+    /// it restarts while the registry is unreachable [default: offerd-registry-state].
+    #[arg(long, value_name = "DIR")]
+    registry_state: Option<PathBuf>,
     /// Catalog directory: `regions.toml` and `<region>.toml`.
     #[arg(long, value_name = "DIR")]
     catalogs: Option<PathBuf>,
@@ -41,9 +60,9 @@ pub(super) struct RunSettings {
     /// checkpoint file.
     #[arg(long, value_name = "NAME", conflicts_with = "checkpoints")]
     lease_table: Option<String>,
-    /// This worker's name in the lease table, unique among its workers
-    /// [default: <host name>-<pid>].
-    #[arg(long, value_name = "ID", requires = "lease_table")]
+    /// This worker's name in the lease table and the registry's fleet,
+    /// unique among its workers [default: <host name>-<pid>].
+    #[arg(long, value_name = "ID")]
     worker_id: Option<String>,
     /// A lease whose counter has not moved for this long is taken over
     /// [default: 3000].
@@ -119,7 +138,8 @@ pub(super) struct RunSettings {
 /// Settings resolved: every required one present, every value checked.
 pub(super) struct Resolved {
     pub stream: RunConfig,
-    pub modules: PathBuf,
+    pub rules: RulesFrom,
+    pub worker_id: String,
     pub catalogs: PathBuf,
     /// Without a lease table.
     pub checkpoints: PathBuf,
@@ -132,6 +152,19 @@ pub(super) struct Resolved {
     pub admin_tls: Option<(PathBuf, PathBuf)>,
 }
 
+/// Where `offerd run` takes its rules from.
+pub(super) enum RulesFrom {
+    Modules(PathBuf),
+    Registry(RegistrySettings),
+}
+
+/// How `offerd run` follows a registry.
+pub(super) struct RegistrySettings {
+    pub location: Location,
+    pub state_dir: PathBuf,
+    pub poll_every: Duration,
+}
+
 impl RunSettings {
     /// Flags over the keys of `config`, if given. Relative paths in the file
     /// are relative to the file.
@@ -142,6 +175,7 @@ impl RunSettings {
                 let base = path.parent().unwrap_or(Path::new(""));
                 let paths = [
                     &mut file.modules,
+                    &mut file.registry_state,
                     &mut file.catalogs,
                     &mut file.checkpoints,
                     &mut file.admin_token_file,
@@ -208,6 +242,44 @@ impl RunSettings {
                 .or(file.put_retry_budget_secs)
                 .unwrap_or(crate::stream::sink::RETRY_BUDGET.as_secs()),
         );
+        let worker_id = match self.worker_id.or(file.worker_id) {
+            Some(id) => id,
+            None => format!("{}-{}", crate::host_name(), std::process::id()),
+        };
+        if worker_id.is_empty() || worker_id.len() > 256 {
+            bail!("{}: must be 1 to 256 bytes", origin("worker-id"));
+        }
+        let modules = self.modules.or(file.modules);
+        let registry = match (self.registry_table.or(file.registry_table), self.registry_bucket.or(file.registry_bucket)) {
+            (None, None) => None,
+            (Some(_), None) => bail!("{} is required with registry-table", origin("registry-bucket")),
+            (None, Some(_)) => bail!("{} is required with registry-bucket", origin("registry-table")),
+            (Some(_), Some(_)) if modules.is_some() => {
+                bail!("{} and {} exclude each other: a registry worker has no module store", origin("registry-table"), origin("modules"))
+            }
+            (Some(table), Some(bucket)) => {
+                let poll = self.registry_poll_ms.or(file.registry_poll_ms).unwrap_or(1000);
+                if !(100..=600_000).contains(&poll) {
+                    bail!("{}: {poll} ms is not in 100..=600000", origin("registry-poll-ms"));
+                }
+                let prefix = self.registry_prefix.or(file.registry_prefix).unwrap_or_default();
+                Some(RegistrySettings {
+                    location: registry_location(table, bucket, prefix).with_context(|| origin("registry-prefix"))?,
+                    state_dir: self
+                        .registry_state
+                        .or(file.registry_state)
+                        .unwrap_or_else(|| "offerd-registry-state".into()),
+                    poll_every: Duration::from_millis(poll),
+                })
+            }
+        };
+        let rules = match (registry, modules) {
+            (Some(registry), _) => RulesFrom::Registry(registry),
+            (None, Some(modules)) => RulesFrom::Modules(modules),
+            (None, None) => {
+                bail!("{} is required (or a registry: registry-table and registry-bucket)", origin("modules"))
+            }
+        };
         let checkpoints = self.checkpoints.or(file.checkpoints);
         let leases = match self.lease_table.or(file.lease_table) {
             None => None,
@@ -225,16 +297,9 @@ impl RunSettings {
                         origin("lease-duration-ms")
                     );
                 }
-                let worker_id = match self.worker_id.or(file.worker_id) {
-                    Some(id) => id,
-                    None => format!("{}-{}", host_name(), std::process::id()),
-                };
-                if worker_id.is_empty() || worker_id.len() > 256 {
-                    bail!("{}: must be 1 to 256 bytes", origin("worker-id"));
-                }
                 Some(LeaseSettings {
                     table,
-                    worker_id,
+                    worker_id: worker_id.clone(),
                     duration: Duration::from_millis(duration),
                     renew_every: Duration::from_millis(renew),
                     finished_retention: Duration::from_secs(
@@ -279,7 +344,8 @@ impl RunSettings {
                 max_aggregate_records,
                 put_retry_budget,
             },
-            modules: required_path(self.modules.or(file.modules), "modules")?,
+            rules,
+            worker_id,
             catalogs: required_path(self.catalogs.or(file.catalogs), "catalogs")?,
             checkpoints: checkpoints.unwrap_or_else(|| "offerd-checkpoints.json".into()),
             leases,
@@ -292,14 +358,16 @@ impl RunSettings {
     }
 }
 
-/// The machine's name, for the default worker id.
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "offerd".to_owned())
+/// A registry's location, its prefix without surrounding slashes.
+///
+/// # Errors
+/// The prefix holds an empty segment, `.` or `..`.
+pub(super) fn registry_location(table: String, bucket: String, prefix: String) -> anyhow::Result<Location> {
+    let prefix = prefix.trim_matches('/').to_owned();
+    if !prefix.is_empty() && prefix.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
+        bail!("{prefix:?}: a key prefix of non-empty segments without . or ..");
+    }
+    Ok(Location { table, bucket, prefix })
 }
 
 fn parse_start_at(text: &str) -> anyhow::Result<StartAt> {
@@ -344,7 +412,7 @@ mod tests {
         assert_eq!(r.stream.batch_size, 100);
         assert_eq!(r.stream.batch_window, Duration::from_millis(50));
         assert_eq!(r.stream.max_idle_poll, Duration::from_secs(2));
-        assert_eq!(r.modules, dir.path().join("mods"));
+        assert!(matches!(&r.rules, RulesFrom::Modules(m) if *m == dir.path().join("mods")));
         assert_eq!(r.catalogs, Path::new("/abs/catalogs"));
         assert_eq!(r.metrics_addr, Some("127.0.0.1:9000".parse().unwrap()));
         let expected = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_683_600);

@@ -1,0 +1,300 @@
+//! A worker following the registry: one read of every region per poll; on a
+//! new revision, fetch the bytes, verify them, gate and swap the region
+//! exactly as a local publication does (one switch point per shard, other
+//! regions untouched), remember it in the local state, and report what
+//! serves. A refused revision is reported once and not retried; an
+//! unreachable registry leaves what serves serving and is polled with
+//! backoff until it answers.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::state::StateDir;
+use super::{
+    MAX_CATALOG_BYTES, ObjectKind, RefusedRevision, RegionReport, RegionState, Registry, RegistryError, WorkerReport,
+    now_ms,
+};
+use crate::catalog::Catalogs;
+use crate::metrics::Metrics;
+use crate::rollout::Rollout;
+
+/// Longest pause between polls while the registry is unreachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+pub struct FollowSettings {
+    pub worker: String,
+    pub poll_every: Duration,
+    pub heartbeat_every: Duration,
+}
+
+pub struct Follower {
+    registry: Arc<dyn Registry>,
+    rollout: Arc<Rollout>,
+    /// Routing from `--catalogs`: which regions exist and their countries.
+    routing: Arc<Catalogs>,
+    state: StateDir,
+    metrics: Arc<Metrics>,
+    settings: FollowSettings,
+    report: Mutex<Report>,
+}
+
+#[derive(Default)]
+struct Report {
+    regions: BTreeMap<String, RegionReport>,
+    unreachable_since_ms: Option<i64>,
+    /// Warnings given once (a malformed item, a revision going backwards),
+    /// not at every poll.
+    warned: HashSet<String>,
+    changed: bool,
+}
+
+/// Why a revision does not serve (yet).
+enum Apply {
+    /// The objects could not be fetched: tried again at the next poll.
+    Unreachable(String),
+    /// Never served here: bad bytes, a bad catalog, or this worker's gate.
+    Refused(String),
+}
+
+impl From<RegistryError> for Apply {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Unreachable(e) => Apply::Unreachable(e),
+            other => Apply::Refused(other.to_string()),
+        }
+    }
+}
+
+/// What one poll found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Poll {
+    /// The registry answered; so many regions changed what they serve.
+    Answered { swapped: usize },
+    Unreachable,
+}
+
+impl Follower {
+    /// A follower of `registry` for `rollout`, which serves what `state`
+    /// kept from before (reported as degraded until the registry answers).
+    pub fn new(
+        registry: Arc<dyn Registry>,
+        rollout: Arc<Rollout>,
+        routing: Arc<Catalogs>,
+        state: StateDir,
+        metrics: Arc<Metrics>,
+        settings: FollowSettings,
+    ) -> Self {
+        let mut report = Report { changed: true, ..Report::default() };
+        for (region, revision) in state.revisions() {
+            let module = rollout.enricher().active(&region).map(|a| a.rules.module().info().digest.clone());
+            if module.is_some() {
+                let since_ms = Some(now_ms());
+                let entry = RegionReport { serving: Some(revision), module, since_ms, refused: None, degraded: true };
+                report.regions.insert(region, entry);
+            }
+        }
+        Self { registry, rollout, routing, state, metrics, settings, report: Mutex::new(report) }
+    }
+
+    fn report(&self) -> std::sync::MutexGuard<'_, Report> {
+        self.report.lock().expect("the report lock is never held across a panic")
+    }
+
+    /// Reads the registry once and applies every region that changed.
+    pub async fn poll(&self) -> Poll {
+        let items = match self.registry.regions().await {
+            Ok(items) => items,
+            Err(e) => {
+                self.metrics.registry_poll("unreachable");
+                self.metrics.registry_unreachable(true);
+                let mut report = self.report();
+                if report.unreachable_since_ms.is_none() {
+                    tracing::warn!(registry = %self.registry.describe(), error = %e, "registry unreachable; what serves keeps serving");
+                    report.unreachable_since_ms = Some(now_ms());
+                    report.changed = true;
+                }
+                return Poll::Unreachable;
+            }
+        };
+        self.metrics.registry_poll("ok");
+        self.metrics.registry_unreachable(false);
+        {
+            let mut report = self.report();
+            if let Some(since) = report.unreachable_since_ms.take() {
+                tracing::info!(down_since = %super::format_ms(since), "registry reachable again");
+                report.changed = true;
+            }
+        }
+        let mut swapped = 0;
+        for item in items {
+            match item {
+                Ok(state) => {
+                    if self.follow(state).await {
+                        swapped += 1;
+                    }
+                }
+                Err(e) => self.warn_once(e.to_string(), "registry item skipped; other regions unaffected"),
+            }
+        }
+        Poll::Answered { swapped }
+    }
+
+    fn warn_once(&self, what: String, consequence: &str) {
+        if self.report().warned.insert(what.clone()) {
+            tracing::warn!(%what, "{consequence}");
+        }
+    }
+
+    /// Applies `state` if it is news to this worker; true if the region swapped.
+    async fn follow(&self, state: RegionState) -> bool {
+        let region = state.region.clone();
+        let revision = state.current.revision;
+        if self.routing.region(&region).is_none() {
+            self.warn_once(format!("registry region {region:?} is not defined in regions.toml"), "ignored");
+            return false;
+        }
+        self.metrics.registry_revision(&region, revision);
+        let known = self.report().regions.get(&region).cloned().unwrap_or_else(|| RegionReport {
+            serving: None,
+            module: None,
+            since_ms: None,
+            refused: None,
+            degraded: false,
+        });
+        if known.serving == Some(revision) {
+            if known.degraded {
+                let mut report = self.report();
+                if let Some(r) = report.regions.get_mut(&region) {
+                    r.degraded = false;
+                }
+                report.changed = true;
+            }
+            return false;
+        }
+        if known.refused.as_ref().is_some_and(|r| r.revision == revision) {
+            return false;
+        }
+        if let Some(serving) = known.serving
+            && revision < serving
+        {
+            self.warn_once(
+                format!("{region}: the registry's revision went backwards (serving {serving}, registry says {revision})"),
+                "ignored; if the registry was recreated, restart with an empty --registry-state directory",
+            );
+            return false;
+        }
+        match self.apply(&state).await {
+            Ok(()) => {
+                let lag = (now_ms() - state.current.published_at_ms).max(0) as f64 / 1000.0;
+                self.metrics.registry_applied(lag);
+                tracing::info!(region, revision, module = %state.current.module, publisher = %state.current.publisher, "registry revision serving");
+                let mut report = self.report();
+                report.regions.insert(
+                    region,
+                    RegionReport {
+                        serving: Some(revision),
+                        module: Some(state.current.module.clone()),
+                        since_ms: Some(now_ms()),
+                        refused: None,
+                        degraded: false,
+                    },
+                );
+                report.changed = true;
+                true
+            }
+            Err(Apply::Unreachable(e)) => {
+                // Tried again at the next poll.
+                tracing::warn!(region, revision, error = %e, "cannot fetch the revision's objects yet");
+                false
+            }
+            Err(Apply::Refused(reason)) => {
+                tracing::warn!(region, revision, %reason, "registry revision refused; what serves keeps serving");
+                let mut report = self.report();
+                let entry = report.regions.entry(region).or_insert(known);
+                entry.refused = Some(RefusedRevision { revision, reason });
+                report.changed = true;
+                false
+            }
+        }
+    }
+
+    /// Fetches, verifies, gates and swaps one revision, then keeps it in the
+    /// local state.
+    async fn apply(&self, state: &RegionState) -> Result<(), Apply> {
+        let region = &state.region;
+        let current = &state.current;
+        let limit = self.rollout.max_module_bytes() as u64;
+        let module = self.registry.object(ObjectKind::Module, &current.module, limit).await?;
+        let catalog_bytes = self.registry.object(ObjectKind::Catalog, &current.catalog, MAX_CATALOG_BYTES).await?;
+        let label = std::path::PathBuf::from(format!("{region}.toml ({})", current.catalog));
+        let catalog =
+            self.routing.parse_region(region, &label, &catalog_bytes).map_err(|e| Apply::Refused(e.to_string()))?;
+        let rollout = self.rollout.clone();
+        let (region_owned, bytes) = (region.clone(), module.clone());
+        tokio::task::spawn_blocking(move || rollout.apply(&region_owned, bytes, catalog))
+            .await
+            .map_err(|e| Apply::Refused(format!("the gate panicked: {e}")))?
+            .map_err(|e| Apply::Refused(format!("refused by the gate: {e}")))?;
+        if let Err(e) = self.state.served(region, current.revision, &module, &catalog_bytes) {
+            tracing::error!(region, error = %e, "cannot keep the serving revision in the local state; a restart may serve another");
+        }
+        Ok(())
+    }
+
+    /// The report this worker sends, and whether it changed since the last one sent.
+    fn take_report(&self) -> (WorkerReport, bool) {
+        let mut report = self.report();
+        let changed = std::mem::take(&mut report.changed);
+        let worker = WorkerReport {
+            worker: self.settings.worker.clone(),
+            kind: "host".into(),
+            heartbeat_at_ms: now_ms(),
+            heartbeat_every_secs: self.settings.heartbeat_every.as_secs().max(1),
+            unreachable_since_ms: report.unreachable_since_ms,
+            regions: report.regions.clone(),
+        };
+        (worker, changed)
+    }
+
+    /// Whether any region serves what the registry last said (for start-up).
+    pub fn unreachable_since_ms(&self) -> Option<i64> {
+        self.report().unreachable_since_ms
+    }
+
+    /// Polls until `stopping`, backing off while the registry is
+    /// unreachable; reports on every change and every heartbeat. On a clean
+    /// stop, takes this worker out of the fleet.
+    pub async fn run(self: Arc<Self>, mut stopping: watch::Receiver<bool>) {
+        let mut wait = self.settings.poll_every;
+        let mut last_report = None::<Instant>;
+        loop {
+            let (report, changed) = self.take_report();
+            let due = last_report.is_none_or(|t: Instant| t.elapsed() >= self.settings.heartbeat_every);
+            if (changed || due) && report.unreachable_since_ms.is_none() {
+                match self.registry.report(&report).await {
+                    Ok(()) => last_report = Some(Instant::now()),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "report not sent");
+                        self.report().changed = true;
+                    }
+                }
+            } else if changed {
+                self.report().changed = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stopping.wait_for(|stop| *stop) => break,
+            }
+            wait = match self.poll().await {
+                Poll::Answered { .. } => self.settings.poll_every,
+                Poll::Unreachable => (wait * 2).min(MAX_BACKOFF.max(self.settings.poll_every)),
+            };
+        }
+        if let Err(e) = self.registry.forget_worker(&self.settings.worker).await {
+            tracing::warn!(error = %e, "could not take this worker out of the registry's fleet; it goes silent instead");
+        }
+    }
+}
