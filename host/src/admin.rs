@@ -30,7 +30,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::catalog::Catalogs;
-use crate::registry::publish::{PublishError, Publication};
+use crate::registry::publish::{Publication, PublishError};
 use crate::registry::{self, RegionState, Registry, RegistryError};
 use crate::rollout::{Origin, Refused, Rollout};
 
@@ -198,9 +198,7 @@ fn revision_answer(result: Result<RegionState, PublishError>) -> Response {
         Err(e @ PublishError::Refused { .. }) => {
             (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(json!({"error": e.to_string()}))).into_response()
         }
-        Err(PublishError::UnknownRegion(e)) => {
-            (StatusCode::NOT_FOUND, axum::Json(json!({"error": e}))).into_response()
-        }
+        Err(PublishError::UnknownRegion(e)) => (StatusCode::NOT_FOUND, axum::Json(json!({"error": e}))).into_response(),
         Err(PublishError::Invalid(e)) => (StatusCode::CONFLICT, axum::Json(json!({"error": e}))).into_response(),
     }
 }

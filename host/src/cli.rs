@@ -13,8 +13,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::catalog::Catalogs;
 use crate::engine::{Engine, Limits, ModuleCache};
-use crate::registry::aws::AwsRegistry;
 use crate::enricher::{Enricher, Outcome};
+use crate::registry::aws::AwsRegistry;
 use crate::signing::TrustedKeys;
 use crate::{admin, http_server, module_store, service, stream};
 use run_settings::{RulesFrom, RunSettings};

@@ -145,7 +145,11 @@ impl Metrics {
             registry_revision.clone(),
         );
         let registry_polls = Family::<PollLabels, Counter>::default();
-        registry.register("registry_polls", "Reads of the registry, by result (ok, unreachable)", registry_polls.clone());
+        registry.register(
+            "registry_polls",
+            "Reads of the registry, by result (ok, unreachable)",
+            registry_polls.clone(),
+        );
         // 50 ms to about 27 min.
         let registry_publication_to_serving = Histogram::new(exponential_buckets(0.05, 2.0, 16));
         registry.register(

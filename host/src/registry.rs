@@ -17,9 +17,9 @@
 pub mod aws;
 pub mod fleet;
 pub mod follow;
+pub mod memory;
 pub mod publish;
 pub mod state;
-pub mod memory;
 
 use std::collections::BTreeMap;
 
@@ -57,7 +57,9 @@ pub enum Action {
     /// A new catalog for the module that served.
     Catalog,
     /// Back to the module and catalog of an earlier revision.
-    Rollback { to: u64 },
+    Rollback {
+        to: u64,
+    },
 }
 
 /// A region's item: the current revision and the ones before it, newest first.
@@ -307,6 +309,9 @@ mod tests {
         let winner = RegionState::advanced(None, "europe", revision(7));
         let e = RegistryError::Conflict { expected: Some(6), winner: Some(Box::new(winner)) };
         let text = e.to_string();
-        assert!(text.contains("expected revision 6") && text.contains("revision 7") && text.contains("ci@build"), "{text}");
+        assert!(
+            text.contains("expected revision 6") && text.contains("revision 7") && text.contains("ci@build"),
+            "{text}"
+        );
     }
 }

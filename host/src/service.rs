@@ -212,7 +212,8 @@ async fn start_following(
     let described = registry.describe();
     let follower = Follower::new(registry, rollout.clone(), routing, state, metrics, settings);
     let poll = follower.poll().await;
-    let serving = rollout.enricher().region_names().into_iter().filter(|r| rollout.enricher().active(r).is_some()).count();
+    let serving =
+        rollout.enricher().region_names().into_iter().filter(|r| rollout.enricher().active(r).is_some()).count();
     match poll {
         Poll::Unreachable if serving == 0 => anyhow::bail!(
             "the {described} is unreachable and {} holds no revision served before: start-up needs one or the other",
@@ -224,7 +225,9 @@ async fn start_following(
         Poll::Answered { .. } if serving == 0 => anyhow::bail!(
             "no region has rules: the {described} has no revision that passes this worker's gate (publish one with `offerd publish --registry-table …`)"
         ),
-        Poll::Answered { swapped } => tracing::info!(registry = %described, regions = serving, swapped, "following the registry"),
+        Poll::Answered { swapped } => {
+            tracing::info!(registry = %described, regions = serving, swapped, "following the registry")
+        }
     }
     Ok(follower)
 }

@@ -51,7 +51,8 @@ async fn sdk() -> aws_config::SdkConfig {
 }
 
 async fn s3() -> aws_sdk_s3::Client {
-    let config = aws_sdk_s3::config::Builder::from(&sdk().await).endpoint_url(s3_endpoint()).force_path_style(true).build();
+    let config =
+        aws_sdk_s3::config::Builder::from(&sdk().await).endpoint_url(s3_endpoint()).force_path_style(true).build();
     aws_sdk_s3::Client::from_conf(config)
 }
 
@@ -63,7 +64,10 @@ async fn dynamodb() -> aws_sdk_dynamodb::Client {
 async fn fresh_place() -> Place {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let place = Place { table: format!("registry-{}-{n}", std::process::id()), bucket: format!("offerd-{}-{n}", std::process::id()) };
+    let place = Place {
+        table: format!("registry-{}-{n}", std::process::id()),
+        bucket: format!("offerd-{}-{n}", std::process::id()),
+    };
     s3().await.create_bucket().bucket(&place.bucket).send().await.unwrap();
     place
 }
@@ -164,7 +168,8 @@ fn publish_everywhere(k: &Kinesis, place: &Place, module: &Path) {
 
 fn publish(k: &Kinesis, place: &Place, region: &str, module: &Path, extra: &[&str]) -> Output {
     let catalogs = catalogs();
-    let mut args = vec!["publish", "--region", region, module.to_str().unwrap(), "--catalogs", catalogs.to_str().unwrap()];
+    let mut args =
+        vec!["publish", "--region", region, module.to_str().unwrap(), "--catalogs", catalogs.to_str().unwrap()];
     let place_args = place.args();
     args.extend(place_args.iter().map(String::as_str));
     args.extend(extra);
@@ -289,7 +294,15 @@ async fn a_fleet_follows_publications_and_rollbacks_through_one_registry() {
     std::fs::create_dir(&trusted).unwrap();
     let public = format!("{trusted_id}.pub");
     std::fs::copy(keys.join("trusted").join(&public), trusted.join(&public)).unwrap();
-    let late = worker(&k, &s, &place, &leases, "w4", &dir.path().join("state-4"), &["--trusted-keys", trusted.to_str().unwrap()]);
+    let late = worker(
+        &k,
+        &s,
+        &place,
+        &leases,
+        "w4",
+        &dir.path().join("state-4"),
+        &["--trusted-keys", trusted.to_str().unwrap()],
+    );
     wait_for_fleet(&k, &place, "the late worker serves revision 3 (v1 again)", |f| {
         region(f, "europe")["serving"].as_array().is_some_and(|w| w.iter().any(|w| w == "w4"))
     });
@@ -304,7 +317,14 @@ async fn a_fleet_follows_publications_and_rollbacks_through_one_registry() {
     assert_eq!(europe["module"], d3);
     assert!(europe["refused"]["w4"].as_str().unwrap().contains(&other_id), "{europe}");
 
-    let history = offerd_cli(&k, &[&["registry", "history", "--region", "europe", "--json"][..], &place.args().iter().map(String::as_str).collect::<Vec<_>>()].concat());
+    let history = offerd_cli(
+        &k,
+        &[
+            &["registry", "history", "--region", "europe", "--json"][..],
+            &place.args().iter().map(String::as_str).collect::<Vec<_>>(),
+        ]
+        .concat(),
+    );
     let history: Value = serde_json::from_slice(&history.stdout).unwrap();
     let revisions: Vec<u64> = std::iter::once(&history["current"])
         .chain(history["history"].as_array().unwrap())
@@ -342,27 +362,41 @@ async fn the_aws_registry_checks_digests_caps_conditions_and_items() {
 
     // Changed in the bucket under its digest.
     let key = format!("fleet/{}", ObjectKind::Module.key(&digest).unwrap());
-    s3().await.put_object().bucket(&place.bucket).key(&key).body(b"\0asm tampered".to_vec().into()).send().await.unwrap();
+    s3().await
+        .put_object()
+        .bucket(&place.bucket)
+        .key(&key)
+        .body(b"\0asm tampered".to_vec().into())
+        .send()
+        .await
+        .unwrap();
     let tampered = registry.object(ObjectKind::Module, &digest, 64 << 20).await.unwrap_err();
     assert!(tampered.to_string().contains(&format!("not {digest}")), "{tampered}");
 
     // Conditions, and a malformed item among good ones.
     let state = |revision: u64, publisher: &str| {
-        offerd::registry::RegionState::advanced(None, "europe", offerd::registry::Revision {
-            revision,
-            module: digest.clone(),
-            catalog: digest.clone(),
-            rule_name: "reference".into(),
-            rule_version: "0.1.0".into(),
-            signed_by: None,
-            publisher: publisher.into(),
-            published_at_ms: 0,
-            action: offerd::registry::Action::Publish,
-        })
+        offerd::registry::RegionState::advanced(
+            None,
+            "europe",
+            offerd::registry::Revision {
+                revision,
+                module: digest.clone(),
+                catalog: digest.clone(),
+                rule_name: "reference".into(),
+                rule_version: "0.1.0".into(),
+                signed_by: None,
+                publisher: publisher.into(),
+                published_at_ms: 0,
+                action: offerd::registry::Action::Publish,
+            },
+        )
     };
     registry.advance(&state(1, "alice"), None).await.unwrap();
     let conflict = registry.advance(&state(1, "bob"), None).await.unwrap_err();
-    assert!(matches!(&conflict, RegistryError::Conflict { winner: Some(w), .. } if w.current.publisher == "alice"), "{conflict}");
+    assert!(
+        matches!(&conflict, RegistryError::Conflict { winner: Some(w), .. } if w.current.publisher == "alice"),
+        "{conflict}"
+    );
     registry.advance(&state(2, "bob"), Some(1)).await.unwrap();
     dynamodb()
         .await
@@ -378,10 +412,184 @@ async fn the_aws_registry_checks_digests_caps_conditions_and_items() {
     let items = registry.regions().await.unwrap();
     assert_eq!(items.len(), 2);
     assert!(items.iter().any(|i| matches!(i, Ok(s) if s.current.publisher == "bob")));
-    assert!(items.iter().any(|i| matches!(i, Err(RegistryError::Malformed { region, .. }) if region == "asia-pacific")));
+    assert!(
+        items.iter().any(|i| matches!(i, Err(RegistryError::Malformed { region, .. }) if region == "asia-pacific"))
+    );
 
-    let location = offerd::registry::aws::Location { table: place.table.clone(), bucket: "no-such-bucket".into(), prefix: String::new() };
+    let location = offerd::registry::aws::Location {
+        table: place.table.clone(),
+        bucket: "no-such-bucket".into(),
+        prefix: String::new(),
+    };
     let s3 = s3().await;
     let err = offerd::registry::aws::AwsRegistry::open(location, dynamodb().await, s3).await.err().unwrap();
     assert!(err.to_string().contains("\"no-such-bucket\" does not exist"), "{err}");
+}
+
+/// A TCP proxy on loopback that can be cut: while cut, new connections are
+/// closed at once and open ones are dropped, as a server gone away.
+struct Proxy {
+    endpoint: String,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn to(upstream: &str) -> Proxy {
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let (cut, cutting) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if *cutting.borrow() {
+                    continue;
+                }
+                let (upstream, mut cutting) = (upstream.clone(), cutting.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cutting.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Proxy { endpoint, cut }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+/// `/healthz`'s body, once something listens.
+fn health(metrics: &str) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(metrics).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, body) = super::stream::http_get(metrics, "/healthz");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn wait_for_health(metrics: &str, what: &str, done: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let body = health(metrics);
+        if done(&body) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: /healthz still says {body:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// DynamoDB and S3 cut off from a worker for 20 s under load: records keep
+/// flowing on what serves (none lost or repeated), `/healthz` says degraded,
+/// a publication made meanwhile reaches the worker once they are back.
+/// Restarted while they are cut off, the worker serves what it served last;
+/// one with no local state refuses to start, naming the registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_outage_stops_nothing_and_a_restart_during_one_serves_what_served() {
+    let k = Kinesis::new().await;
+    let s = streams(&k, 2).await;
+    let place = fresh_place().await;
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = offerd_tests::component("reference");
+    let v2 = offerd_tests::component("misbehave");
+    let d2 = digest_of(&std::fs::read(&v2).unwrap());
+    for region in ["europe", "north-america"] {
+        let out = publish(&k, &place, region, &v1, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let (dynamodb, s3) = (Proxy::to(&dynamodb_endpoint()).await, Proxy::to(&s3_endpoint()).await);
+    let state = dir.path().join("state");
+    let checkpoints = dir.path().join("checkpoints.json");
+    let metrics = super::stream::free_addr();
+    let start = |state: &Path| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_offerd-cli"));
+        command
+            .args(["run", "--input-stream", &s.input, "--output-stream", &s.output, "--dead-letter-stream", &s.dlq])
+            .arg("--catalogs")
+            .arg(catalogs())
+            .args(place.args())
+            .args(["--registry-poll-ms", "200", "--batch-size", "20", "--metrics-addr", &metrics])
+            .arg("--registry-state")
+            .arg(state)
+            .arg("--checkpoints")
+            .arg(&checkpoints)
+            .envs(env(&k))
+            .env("AWS_ENDPOINT_URL_DYNAMODB", &dynamodb.endpoint)
+            .env("AWS_ENDPOINT_URL_S3", &s3.endpoint)
+            .env("OFFERD_LOG", std::env::var("OFFERD_TEST_LOG").as_deref().unwrap_or("warn"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        command
+    };
+    let worker = Offerd(Some(start(&state).stderr(Stdio::null()).spawn().unwrap()));
+    super::stream::wait_for_metric(&metrics, r#"offerd_registry_revision{region="europe"} 1"#);
+    assert_eq!(health(&metrics), "ok\n");
+
+    let producer = {
+        let (k, input) = (k.clone(), s.input.clone());
+        tokio::spawn(async move {
+            let mut landed = Vec::new();
+            for n in 0..100 {
+                landed.extend(k.put(&input, &round(n)).await);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            landed
+        })
+    };
+    let outage = Instant::now();
+    dynamodb.set_cut(true);
+    s3.set_cut(true);
+    wait_for_health(&metrics, "degraded while cut off", |b| b.contains("degraded: the registry is unreachable since"));
+    // Published meanwhile, by a publisher that still reaches the registry.
+    let out = publish(&k, &place, "europe", &v2, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let before = k.read_all(&s.output).await.len();
+    k.wait_for(&s.output, &s.dlq, before + 40).await;
+    assert_eq!(super::stream::metric_value(&metrics, r#"offerd_registry_revision{region="europe"}"#), 1.0);
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(outage.elapsed())).await;
+    dynamodb.set_cut(false);
+    s3.set_cut(false);
+    super::stream::wait_for_metric(&metrics, r#"offerd_registry_revision{region="europe"} 2"#);
+    wait_for_health(&metrics, "healthy again", |b| b == "ok\n");
+
+    let landed: Vec<(String, Seq)> = producer.await.unwrap();
+    let (offers, dead) = k.wait_for(&s.output, &s.dlq, landed.len()).await;
+    assert!(dead.is_empty(), "{dead:?}");
+    let mut seen: HashMap<(String, Seq), usize> = HashMap::new();
+    for o in &offers {
+        *seen.entry((o["source"]["shard_id"].as_str().unwrap().to_owned(), seq(o))).or_default() += 1;
+    }
+    assert_eq!(seen.len(), landed.len(), "every record came out");
+    assert!(seen.values().all(|n| *n == 1), "no record twice");
+    assert!(offers.iter().any(|o| o["rule"]["digest"] == d2), "v2 served after the outage");
+    worker.stop();
+
+    // Restarted while cut off: v2 serves, from the local state, degraded.
+    dynamodb.set_cut(true);
+    s3.set_cut(true);
+    let worker = Offerd(Some(start(&state).stderr(Stdio::null()).spawn().unwrap()));
+    wait_for_health(&metrics, "degraded after a restart", |b| b.contains("degraded"));
+    let last_round: HashSet<(String, Seq)> = k.put(&s.input, &round(100)).await.into_iter().collect();
+    let (offers, _) = k.wait_for(&s.output, &s.dlq, landed.len() + last_round.len()).await;
+    let europe: Vec<&Value> = offers
+        .iter()
+        .filter(|o| o["region"] == "europe")
+        .filter(|o| last_round.contains(&(o["source"]["shard_id"].as_str().unwrap().to_owned(), seq(o))))
+        .collect();
+    assert_eq!(europe.len(), 4);
+    assert!(europe.iter().all(|o| o["rule"]["digest"] == d2), "the revision served before the restart");
+    worker.stop();
+
+    // No local state and no registry: start-up fails, naming the registry.
+    let out = start(&dir.path().join("empty-state")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&place.table) && stderr.contains("holds no revision served before"), "{stderr}");
 }

@@ -35,12 +35,21 @@ fn worker(registry: Arc<dyn Registry>, state: &Path, engine: Engine, name: &str)
     let state = StateDir::open(state, &catalogs()).unwrap();
     let routing = Arc::new(Catalogs::load(&state.catalogs_dir()).unwrap());
     let metrics = Arc::new(Metrics::default());
-    let (_, rollout) =
-        Rollout::start(engine, state.module_store().unwrap(), &state.catalogs_dir(), routing.clone(), metrics.clone(), true)
-            .unwrap();
+    let (_, rollout) = Rollout::start(
+        engine,
+        state.module_store().unwrap(),
+        &state.catalogs_dir(),
+        routing.clone(),
+        metrics.clone(),
+        true,
+    )
+    .unwrap();
     let rollout = Arc::new(rollout);
-    let settings =
-        FollowSettings { worker: name.into(), poll_every: Duration::from_millis(20), heartbeat_every: Duration::from_secs(1) };
+    let settings = FollowSettings {
+        worker: name.into(),
+        poll_every: Duration::from_millis(20),
+        heartbeat_every: Duration::from_secs(1),
+    };
     let follower = Arc::new(Follower::new(registry, rollout.clone(), routing, state, metrics, settings));
     Worker { rollout, follower }
 }
@@ -53,7 +62,12 @@ fn component(name: &str) -> Vec<u8> {
     std::fs::read(offerd_tests::component(name)).unwrap()
 }
 
-async fn publish_module(registry: &dyn Registry, region: &str, module: Vec<u8>, publisher: &str) -> Result<u64, PublishError> {
+async fn publish_module(
+    registry: &dyn Registry,
+    region: &str,
+    module: Vec<u8>,
+    publisher: &str,
+) -> Result<u64, PublishError> {
     let routing = Catalogs::load(&catalogs()).unwrap();
     let publication = Publication {
         region: region.into(),
@@ -126,7 +140,8 @@ async fn refusals_are_reported_once_and_what_serves_keeps_serving() {
     assert_eq!(registry.fetches(), fetches, "a refused revision is not fetched again");
 
     // Bytes that do not match their digest: refused before any gate.
-    let v3 = signed(&xtask::component_edits::with_custom_section(&component("reference"), 3), &trusted_dir, &trusted_id);
+    let v3 =
+        signed(&xtask::component_edits::with_custom_section(&component("reference"), 3), &trusted_dir, &trusted_id);
     let v3_digest = offerd::engine::digest(&v3);
     registry.tamper(ObjectKind::Module, &v3_digest, v1.clone());
     registry.force({
@@ -149,7 +164,9 @@ async fn refusals_are_reported_once_and_what_serves_keeps_serving() {
     let back = rollback(&*registry, "europe", Some(1), "ops".into()).await.unwrap();
     assert_eq!(back.current.revision, 4);
     until("the roll-back is served", || {
-        registry.report_of("w1").is_some_and(|r| r.regions["europe"].serving == Some(4) && r.regions["europe"].refused.is_none())
+        registry
+            .report_of("w1")
+            .is_some_and(|r| r.regions["europe"].serving == Some(4) && r.regions["europe"].refused.is_none())
     })
     .await;
     assert_eq!(serving(&w, "europe"), Some(v1_digest));

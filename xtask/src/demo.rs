@@ -113,7 +113,8 @@ pub fn run(options: &Options) -> Result<()> {
         let _ = std::fs::remove_file(&checkpoints);
         let admin_addr = free_addr()?;
         let admin = ["--admin-addr", &admin_addr, "--admin-token-file", token_file.to_str().context("UTF-8 path")?];
-        let offerd = spawn_offerd(&root, &streams, Some(&modules), Some(&checkpoints), &metrics_addr, &aws_env, &admin)?;
+        let offerd =
+            spawn_offerd(&root, &streams, Some(&modules), Some(&checkpoints), &metrics_addr, &aws_env, &admin)?;
         println!("admin API on http://{admin_addr} (bearer token in {})", token_file.display());
         let publish = Publish { root: &root, module: &v2, admin: &admin_addr, token_file: &token_file };
         let result = drive(&client, &streams, &root, options, &metrics_addr, &publish).await;

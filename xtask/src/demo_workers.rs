@@ -97,9 +97,7 @@ pub fn run(options: &Options) -> Result<()> {
         }
         println!(
             "stream {} ({SHARDS} shards), lease table {table}, registry {}, {} workers",
-            streams.input,
-            registry.args[1],
-            options.workers
+            streams.input, registry.args[1], options.workers
         );
         let mut workers = Vec::new();
         for n in 1..=options.workers {
@@ -165,7 +163,14 @@ struct Publication<'a> {
 }
 
 /// `offerd publish` of `module` for `region` into the registry; fails unless it exits 0.
-fn publish(root: &Path, registry: &Registry, aws_env: &[(&str, String)], region: &str, module: &Path, extra: &[&str]) -> Result<()> {
+fn publish(
+    root: &Path,
+    registry: &Registry,
+    aws_env: &[(&str, String)],
+    region: &str,
+    module: &Path,
+    extra: &[&str],
+) -> Result<()> {
     let mut command = crate::demo::offerd_cli();
     command
         .args(["publish", "--region", region])
@@ -227,7 +232,10 @@ async fn progress(workers: &mut [Worker], seconds: usize, publication: &Publicat
         }
         if publishing.as_ref().is_some_and(std::thread::JoinHandle::is_finished) {
             let took = publishing.take().expect("checked").join().expect("the publishing thread panicked")?;
-            println!("  → every live worker serves europe v{V2} ({:.1} s after the publish command started)", took.as_secs_f64());
+            println!(
+                "  → every live worker serves europe v{V2} ({:.1} s after the publish command started)",
+                took.as_secs_f64()
+            );
         }
         if second == seconds * 2 / 3 {
             let w = &mut workers[0];

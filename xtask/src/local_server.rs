@@ -21,11 +21,8 @@ impl LocalServer {
     /// Spawns `command` with its output discarded and waits until it
     /// accepts connections on loopback `port`.
     pub(crate) fn spawn(name: &str, mut command: Command, port: u16) -> Result<Self> {
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
+        let child =
+            command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().with_context(|| format!("starting {name}"))?;
         let mut server = Self { endpoint: format!("http://127.0.0.1:{port}"), child };
         let deadline = Instant::now() + START_TIMEOUT;
         while TcpStream::connect(("127.0.0.1", port)).is_err() {

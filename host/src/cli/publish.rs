@@ -13,8 +13,8 @@ use super::EngineArgs;
 use super::registry::{RegistryArgs, runtime};
 use crate::catalog::Catalogs;
 use crate::module_store::ModuleStore;
-use crate::{registry, rollout};
 use crate::{admin, golden};
+use crate::{registry, rollout};
 
 #[derive(Args)]
 pub(super) struct PublishArgs {
@@ -220,7 +220,6 @@ impl AdminArgs {
         Ok((url.trim_end_matches('/').to_owned(), admin::read_token(token_file)?))
     }
 }
-
 
 /// One admin API call; prints the answer, exit status 0 only for a 2xx.
 async fn call(

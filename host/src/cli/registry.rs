@@ -133,7 +133,8 @@ fn print_status(status: &FleetStatus) {
         println!("silent workers: {}", status.silent.join(", "));
     }
     for r in &status.regions {
-        let reached = r.reached_all_after_ms.map(|ms| format!(", reached every live worker in {ms} ms")).unwrap_or_default();
+        let reached =
+            r.reached_all_after_ms.map(|ms| format!(", reached every live worker in {ms} ms")).unwrap_or_default();
         println!(
             "{}: revision {} ({}, {}) by {} at {}{reached}",
             r.region, r.revision, r.rule, r.module, r.publisher, r.published_at
@@ -180,8 +181,14 @@ pub(super) async fn wait(
                     if status.live.is_empty() {
                         eprintln!("no live worker follows the registry: nothing to wait for");
                     } else {
-                        let after = fleet.reached_all_after_ms.map(|ms| format!(" ({ms} ms after publication)")).unwrap_or_default();
-                        eprintln!("revision {revision} of {region} serves on all {} live workers{after}", fleet.serving.len());
+                        let after = fleet
+                            .reached_all_after_ms
+                            .map(|ms| format!(" ({ms} ms after publication)"))
+                            .unwrap_or_default();
+                        eprintln!(
+                            "revision {revision} of {region} serves on all {} live workers{after}",
+                            fleet.serving.len()
+                        );
                     }
                     return Ok(ExitCode::SUCCESS);
                 }

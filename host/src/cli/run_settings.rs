@@ -250,29 +250,35 @@ impl RunSettings {
             bail!("{}: must be 1 to 256 bytes", origin("worker-id"));
         }
         let modules = self.modules.or(file.modules);
-        let registry = match (self.registry_table.or(file.registry_table), self.registry_bucket.or(file.registry_bucket)) {
-            (None, None) => None,
-            (Some(_), None) => bail!("{} is required with registry-table", origin("registry-bucket")),
-            (None, Some(_)) => bail!("{} is required with registry-bucket", origin("registry-table")),
-            (Some(_), Some(_)) if modules.is_some() => {
-                bail!("{} and {} exclude each other: a registry worker has no module store", origin("registry-table"), origin("modules"))
-            }
-            (Some(table), Some(bucket)) => {
-                let poll = self.registry_poll_ms.or(file.registry_poll_ms).unwrap_or(1000);
-                if !(100..=600_000).contains(&poll) {
-                    bail!("{}: {poll} ms is not in 100..=600000", origin("registry-poll-ms"));
+        let registry =
+            match (self.registry_table.or(file.registry_table), self.registry_bucket.or(file.registry_bucket)) {
+                (None, None) => None,
+                (Some(_), None) => bail!("{} is required with registry-table", origin("registry-bucket")),
+                (None, Some(_)) => bail!("{} is required with registry-bucket", origin("registry-table")),
+                (Some(_), Some(_)) if modules.is_some() => {
+                    bail!(
+                        "{} and {} exclude each other: a registry worker has no module store",
+                        origin("registry-table"),
+                        origin("modules")
+                    )
                 }
-                let prefix = self.registry_prefix.or(file.registry_prefix).unwrap_or_default();
-                Some(RegistrySettings {
-                    location: registry_location(table, bucket, prefix).with_context(|| origin("registry-prefix"))?,
-                    state_dir: self
-                        .registry_state
-                        .or(file.registry_state)
-                        .unwrap_or_else(|| "offerd-registry-state".into()),
-                    poll_every: Duration::from_millis(poll),
-                })
-            }
-        };
+                (Some(table), Some(bucket)) => {
+                    let poll = self.registry_poll_ms.or(file.registry_poll_ms).unwrap_or(1000);
+                    if !(100..=600_000).contains(&poll) {
+                        bail!("{}: {poll} ms is not in 100..=600000", origin("registry-poll-ms"));
+                    }
+                    let prefix = self.registry_prefix.or(file.registry_prefix).unwrap_or_default();
+                    Some(RegistrySettings {
+                        location: registry_location(table, bucket, prefix)
+                            .with_context(|| origin("registry-prefix"))?,
+                        state_dir: self
+                            .registry_state
+                            .or(file.registry_state)
+                            .unwrap_or_else(|| "offerd-registry-state".into()),
+                        poll_every: Duration::from_millis(poll),
+                    })
+                }
+            };
         let rules = match (registry, modules) {
             (Some(registry), _) => RulesFrom::Registry(registry),
             (None, Some(modules)) => RulesFrom::Modules(modules),

@@ -135,7 +135,10 @@ impl AwsRegistry {
                         KeySchemaElement::builder().attribute_name(name).key_type(kind).build()
                     };
                     let string = |name: &str| {
-                        AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build()
+                        AttributeDefinition::builder()
+                            .attribute_name(name)
+                            .attribute_type(ScalarAttributeType::S)
+                            .build()
                     };
                     let created_now = self
                         .dynamodb

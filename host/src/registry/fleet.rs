@@ -159,13 +159,7 @@ mod tests {
     }
 
     fn serving(revision: u64, since_ms: i64) -> RegionReport {
-        RegionReport {
-            serving: Some(revision),
-            module: None,
-            since_ms: Some(since_ms),
-            refused: None,
-            degraded: false,
-        }
+        RegionReport { serving: Some(revision), module: None, since_ms: Some(since_ms), refused: None, degraded: false }
     }
 
     #[test]

@@ -21,8 +21,12 @@ use crate::catalog::Catalogs;
 use crate::metrics::Metrics;
 use crate::rollout::Rollout;
 
-/// Longest pause between polls while the registry is unreachable.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Longest pause between polls while the registry is unreachable: a fleet
+/// polling once a second at most a few times less often, and a publication
+/// made during an outage served within this long of its end.
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// Longest a stopping worker waits to take itself out of the fleet.
+const FORGET_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct FollowSettings {
     pub worker: String,
@@ -72,7 +76,9 @@ impl From<RegistryError> for Apply {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Poll {
     /// The registry answered; so many regions changed what they serve.
-    Answered { swapped: usize },
+    Answered {
+        swapped: usize,
+    },
     Unreachable,
 }
 
@@ -181,7 +187,9 @@ impl Follower {
             && revision < serving
         {
             self.warn_once(
-                format!("{region}: the registry's revision went backwards (serving {serving}, registry says {revision})"),
+                format!(
+                    "{region}: the registry's revision went backwards (serving {serving}, registry says {revision})"
+                ),
                 "ignored; if the registry was recreated, restart with an empty --registry-state directory",
             );
             return false;
@@ -293,8 +301,9 @@ impl Follower {
                 Poll::Unreachable => (wait * 2).min(MAX_BACKOFF.max(self.settings.poll_every)),
             };
         }
-        if let Err(e) = self.registry.forget_worker(&self.settings.worker).await {
-            tracing::warn!(error = %e, "could not take this worker out of the registry's fleet; it goes silent instead");
+        let forgotten = tokio::time::timeout(FORGET_TIMEOUT, self.registry.forget_worker(&self.settings.worker)).await;
+        if !matches!(forgotten, Ok(Ok(()))) {
+            tracing::warn!("could not take this worker out of the registry's fleet; it goes silent instead");
         }
     }
 }

@@ -154,9 +154,10 @@ pub async fn rollback(
                 if kept.is_empty() { "none".into() } else { kept.join(", ") }
             ))
         })?,
-        None => current.history.first().ok_or_else(|| {
-            PublishError::Invalid(format!("{region} has no earlier revision to roll back to"))
-        })?,
+        None => current
+            .history
+            .first()
+            .ok_or_else(|| PublishError::Invalid(format!("{region} has no earlier revision to roll back to")))?,
     };
     let next = Revision {
         revision: current.current.revision + 1,
