@@ -53,7 +53,7 @@ pub(crate) fn parse_bytes<T: for<'de> Deserialize<'de>>(file: &Path, bytes: &[u8
         line.map(|l| format!(" (line {l})")).unwrap_or_default()
     };
     let de =
-        toml::Deserializer::parse(&text).map_err(|e| error(file, "-", format!("{}{}", e.message(), at_line(&e))))?;
+        toml::Deserializer::parse(text).map_err(|e| error(file, "-", format!("{}{}", e.message(), at_line(&e))))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
         let inner = e.into_inner();

@@ -101,6 +101,7 @@ pub struct Metrics {
     lease_requests: Family<LeaseRequestLabels, Counter>,
     registry_revision: Family<RegistryRegionLabels, Gauge>,
     registry_polls: Family<PollLabels, Counter>,
+    registry_reports: Counter,
     registry_publication_to_serving: Histogram,
     registry_unreachable: Gauge,
     /// Unix milliseconds since which the registry has been unreachable, for `/healthz`.
@@ -149,6 +150,12 @@ impl Metrics {
             "registry_polls",
             "Reads of the registry, by result (ok, unreachable)",
             registry_polls.clone(),
+        );
+        let registry_reports = Counter::default();
+        registry.register(
+            "registry_reports",
+            "Reports of what this worker serves written to the registry (changes and heartbeats)",
+            registry_reports.clone(),
         );
         // 50 ms to about 27 min.
         let registry_publication_to_serving = Histogram::new(exponential_buckets(0.05, 2.0, 16));
@@ -284,6 +291,7 @@ impl Metrics {
             lease_requests,
             registry_revision,
             registry_polls,
+            registry_reports,
             registry_publication_to_serving,
             registry_unreachable,
             registry_down_since_ms: Mutex::default(),
@@ -464,6 +472,10 @@ impl Metrics {
     /// `result`: `ok` or `unreachable`.
     pub fn registry_poll(&self, result: &'static str) {
         self.registry_polls.get_or_create(&PollLabels { result }).inc();
+    }
+
+    pub fn registry_reported(&self) {
+        self.registry_reports.inc();
     }
 
     pub fn registry_applied(&self, seconds_since_publication: f64) {

@@ -138,7 +138,7 @@ fn host_kind() -> String {
 }
 
 /// One region on one worker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegionReport {
     /// The revision served; `None` when what serves did not come from the
     /// registry (nothing published yet).

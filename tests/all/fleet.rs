@@ -21,6 +21,8 @@ use super::catalogs;
 use super::rollout::{digest_runs, round};
 use super::stream::{DEADLINE, Kinesis, Offerd, Seq, Streams, seq, streams};
 
+const TOKEN: &str = "fleet-admin-token";
+
 fn endpoint(variable: &str, server: &str) -> String {
     std::env::var(variable)
         .unwrap_or_else(|_| panic!("{variable} is unset: run the suite with `cargo xtask test`, which starts {server}"))
@@ -221,8 +223,16 @@ async fn a_fleet_follows_publications_and_rollbacks_through_one_registry() {
     let (d1, d2, d3) = (digest_of(&v1), digest_of(&v2), digest_of(&v3));
     publish_everywhere(&k, &place, &files[0]);
 
+    // w1 serves the admin API: in registry mode it writes to the registry.
+    let admin = super::stream::free_addr();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let admin_args = ["--admin-addr", admin.as_str(), "--admin-token-file", token_file.to_str().unwrap()];
     let workers: Vec<Offerd> = (1..=3)
-        .map(|n| worker(&k, &s, &place, &leases, &format!("w{n}"), &dir.path().join(format!("state-{n}")), &[]))
+        .map(|n| {
+            let extra: &[&str] = if n == 1 { &admin_args } else { &[] };
+            worker(&k, &s, &place, &leases, &format!("w{n}"), &dir.path().join(format!("state-{n}")), extra)
+        })
         .collect();
     wait_for_fleet(&k, &place, "three workers serve revision 1", |f| {
         region(f, "europe")["serving"].as_array().is_some_and(|w| w.len() == 3)
@@ -250,6 +260,16 @@ async fn a_fleet_follows_publications_and_rollbacks_through_one_registry() {
     assert_eq!(europe["publisher"], "team-europe");
     assert!(europe["reached_all_after_ms"].is_u64(), "{europe}");
     assert_eq!(region(&status, "north-america")["revision"], 1, "other regions untouched");
+
+    // The admin API: the fleet as the registry sees it; a refused module
+    // changes nothing anywhere.
+    let (code, body) = super::stream::http(&admin, "GET", "/v1/fleet", Some(TOKEN), b"");
+    assert_eq!(code, 200, "{body}");
+    let fleet: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(region(&fleet, "europe")["revision"], 2);
+    let (code, body) = super::stream::http(&admin, "PUT", "/v1/regions/europe/module", Some(TOKEN), b"\0asm junk");
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(region(&fleet_status(&k, &place), "europe")["revision"], 2);
 
     // Stale: a pipeline that saw revision 1 is refused and told who won.
     let out = publish(&k, &place, "europe", &files[0], &["--expect-revision", "1"]);
@@ -288,6 +308,11 @@ async fn a_fleet_follows_publications_and_rollbacks_through_one_registry() {
         .collect();
     assert_eq!(newest.len(), 4, "the round's four europe sign-ups");
     assert!(newest.iter().all(|o| o["rule"]["digest"] == d1), "served by v1 after the roll-back");
+    // Per shard: v1, then v2, then v1 again at most; never back and forth.
+    for (shard, runs) in digest_runs(&offers, "europe") {
+        let full = [d1.clone(), d2.clone(), d1.clone()];
+        assert!((0..3).any(|start| full[start..].starts_with(&runs)), "{shard}: {runs:?}");
+    }
 
     // A late worker with an empty state, trusting v1's signer only.
     let trusted = dir.path().join("trusted-public");

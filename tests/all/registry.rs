@@ -262,4 +262,13 @@ async fn racing_publishers_one_wins_and_the_other_is_told_who() {
     assert_eq!(w.current.revision, 2);
     assert!(loser.to_string().contains(winner), "{loser}");
     assert_eq!(registry.region("europe").await.unwrap().unwrap().history.len(), 1);
+
+    // Roll-backs with nothing to go back to are refused, saying so.
+    let none = rollback(&*registry, "asia-pacific", None, "ops".into()).await.unwrap_err();
+    assert!(none.to_string().contains("asia-pacific has no revision"), "{none}");
+    publish_module(&*registry, "north-america", component("reference"), "first").await.unwrap();
+    let first = rollback(&*registry, "north-america", None, "ops".into()).await.unwrap_err();
+    assert!(first.to_string().contains("no earlier revision"), "{first}");
+    let unknown = rollback(&*registry, "europe", Some(7), "ops".into()).await.unwrap_err();
+    assert!(unknown.to_string().contains("no revision 7 in its history (kept: 1)"), "{unknown}");
 }

@@ -54,7 +54,7 @@ pub fn run(options: &Options) -> Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
     xtask::ensure_guest_target()?;
-    println!("building the reference rules (v{} and v{V2}) and offerd…", "0.1.0");
+    println!("building the reference rules (v0.1.0 and v{V2}) and offerd…");
     let (v1, v2) = (work.join("rules-v1.wasm"), work.join("rules-v2.wasm"));
     std::fs::write(&v1, xtask::build_component("offer-rules")?)?;
     std::fs::write(&v2, xtask::build_component_as("offer-rules", Some(V2))?)?;
@@ -79,7 +79,7 @@ pub fn run(options: &Options) -> Result<()> {
     };
     let table = format!("demo-{run_id}-leases");
     let bucket = format!("demo-{run_id}-registry");
-    create_bucket(&s3.endpoint, &bucket)?;
+    moto::create_bucket(&s3.endpoint, &bucket)?;
     let registry = Registry {
         args: ["--registry-table", &format!("demo-{run_id}-registry"), "--registry-bucket", &bucket]
             .map(str::to_owned)
@@ -187,20 +187,6 @@ fn publish(
     let status = command.status().context("running offerd publish")?;
     if !status.success() {
         bail!("offerd publish of {} for {region} failed ({status})", module.display());
-    }
-    Ok(())
-}
-
-/// Creates `bucket` on the local S3 server (path-style; it takes any request).
-fn create_bucket(endpoint: &str, bucket: &str) -> Result<()> {
-    use std::io::{Read, Write};
-    let addr = endpoint.trim_start_matches("http://");
-    let mut conn = std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {endpoint}"))?;
-    write!(conn, "PUT /{bucket} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n")?;
-    let mut answer = String::new();
-    conn.read_to_string(&mut answer)?;
-    if !answer.starts_with("HTTP/1.0 200") && !answer.starts_with("HTTP/1.1 200") {
-        bail!("creating the bucket {bucket}: {}", answer.lines().next().unwrap_or_default());
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod bench_leases;
 mod bench_memory;
+mod bench_registry;
 mod bench_stream;
 mod catalogs;
 mod chaos;
@@ -78,6 +79,18 @@ enum Chore {
     /// regions sharing a module, 50 regions with a module each, then 16
     /// shards; per-region and per-shard cost.
     BenchMemory,
+    /// A fleet following one registry (kinesalite, dynalite, moto):
+    /// publication → every worker serving (p50, p99), registry requests per
+    /// worker per second when idle, idle CPU per worker with and without the
+    /// registry.
+    BenchRegistry {
+        /// Publications timed.
+        #[arg(long, default_value_t = 20)]
+        publications: usize,
+        /// Seconds of idle measured.
+        #[arg(long, default_value_t = 20)]
+        idle_secs: u64,
+    },
     /// Crash trials: SIGKILL `offerd run` at random moments under load (some
     /// during a module publication), restart it each time, drain, and count
     /// records lost and duplicated.
@@ -116,6 +129,9 @@ fn main() -> Result<()> {
         }
         Chore::BenchLeases { trials, backlog } => bench_leases::run(&bench_leases::Options { trials, backlog }),
         Chore::BenchMemory => bench_memory::run(),
+        Chore::BenchRegistry { publications, idle_secs } => {
+            bench_registry::run(&bench_registry::Options { publications, idle_secs })
+        }
         Chore::Chaos { kills, signups, rate } => chaos::run(&chaos::Options { kills, signups, rate }),
         Chore::Test => test(),
     }

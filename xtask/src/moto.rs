@@ -58,3 +58,22 @@ pub fn start(root: &Path) -> Result<LocalServer> {
     command.args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()]);
     LocalServer::spawn("moto", command, port)
 }
+
+/// Creates `bucket` on the local S3 server at `endpoint` (path-style; it
+/// takes unsigned requests).
+///
+/// # Errors
+/// The server cannot be reached or refuses.
+pub fn create_bucket(endpoint: &str, bucket: &str) -> Result<()> {
+    use std::io::{Read, Write};
+    let addr = endpoint.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {endpoint}"))?;
+    write!(conn, "PUT /{bucket} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n")?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)?;
+    let status = answer.lines().next().unwrap_or_default();
+    if !(status.starts_with("HTTP/1.0 200") || status.starts_with("HTTP/1.1 200")) {
+        bail!("creating the bucket {bucket} on {endpoint}: {status}");
+    }
+    Ok(())
+}

@@ -163,13 +163,7 @@ impl Follower {
             return false;
         }
         self.metrics.registry_revision(&region, revision);
-        let known = self.report().regions.get(&region).cloned().unwrap_or_else(|| RegionReport {
-            serving: None,
-            module: None,
-            since_ms: None,
-            refused: None,
-            degraded: false,
-        });
+        let known = self.report().regions.get(&region).cloned().unwrap_or_default();
         if known.serving == Some(revision) {
             if known.degraded {
                 let mut report = self.report();
@@ -283,7 +277,10 @@ impl Follower {
             let due = last_report.is_none_or(|t: Instant| t.elapsed() >= self.settings.heartbeat_every);
             if (changed || due) && report.unreachable_since_ms.is_none() {
                 match self.registry.report(&report).await {
-                    Ok(()) => last_report = Some(Instant::now()),
+                    Ok(()) => {
+                        self.metrics.registry_reported();
+                        last_report = Some(Instant::now());
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "report not sent");
                         self.report().changed = true;

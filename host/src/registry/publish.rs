@@ -112,7 +112,7 @@ pub async fn publish(
     registry.put_object(ObjectKind::Module, &module).await?;
     registry.put_object(ObjectKind::Catalog, &catalog).await?;
     let next = Revision {
-        revision: current_revision.unwrap_or(0) + 1,
+        revision: next_revision(current_revision.unwrap_or(0))?,
         module: module_digest,
         catalog: catalog_digest,
         rule_name: info.name.clone(),
@@ -160,7 +160,7 @@ pub async fn rollback(
             .ok_or_else(|| PublishError::Invalid(format!("{region} has no earlier revision to roll back to")))?,
     };
     let next = Revision {
-        revision: current.current.revision + 1,
+        revision: next_revision(current.current.revision)?,
         publisher,
         published_at_ms: now_ms(),
         action: Action::Rollback { to: target.revision },
@@ -169,6 +169,11 @@ pub async fn rollback(
     let state = RegionState::advanced(Some(&current), region, next);
     registry.advance(&state, Some(current.current.revision)).await?;
     Ok(state)
+}
+
+/// The revision after `n`; an item written by hand at the very last one is refused.
+fn next_revision(n: u64) -> Result<u64, PublishError> {
+    n.checked_add(1).ok_or_else(|| PublishError::Invalid(format!("revision {n} has no successor")))
 }
 
 /// `user@host`, the default publisher.
