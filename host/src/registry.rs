@@ -145,6 +145,8 @@ pub struct RegionReport {
     pub serving: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub module: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<String>,
     /// Unix milliseconds at which `serving` started serving here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since_ms: Option<i64>,

@@ -216,14 +216,16 @@ async fn start_following(
         rollout.enricher().region_names().into_iter().filter(|r| rollout.enricher().active(r).is_some()).count();
     match poll {
         Poll::Unreachable if serving == 0 => anyhow::bail!(
-            "the {described} is unreachable and {} holds no revision served before: start-up needs one or the other",
+            "the {described} is unreachable (see the warning above) and {} holds no revision served before: \
+             start-up needs one or the other",
             state_dir.display()
         ),
         Poll::Unreachable => {
             tracing::warn!(registry = %described, regions = serving, "registry unreachable at start-up: serving the revisions this worker served last (degraded)")
         }
         Poll::Answered { .. } if serving == 0 => anyhow::bail!(
-            "no region has rules: the {described} has no revision that passes this worker's gate (publish one with `offerd publish --registry-table …`)"
+            "no region has rules: the {described} holds no revision of a region regions.toml defines that passes \
+             this worker's gate (each refusal is logged above; publish with `offerd publish --registry-table …`)"
         ),
         Poll::Answered { swapped } => {
             tracing::info!(registry = %described, regions = serving, swapped, "following the registry")

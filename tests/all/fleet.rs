@@ -423,6 +423,14 @@ async fn the_aws_registry_checks_digests_caps_conditions_and_items() {
         "{conflict}"
     );
     registry.advance(&state(2, "bob"), Some(1)).await.unwrap();
+    // A retry of a write that landed (its answer lost) is a success, not a
+    // conflict with itself; a write on a stale revision is a conflict.
+    registry.advance(&state(2, "bob"), Some(1)).await.unwrap();
+    let stale = registry.advance(&state(3, "carol"), Some(1)).await.unwrap_err();
+    assert!(
+        matches!(&stale, RegistryError::Conflict { winner: Some(w), .. } if w.current.publisher == "bob"),
+        "{stale}"
+    );
     dynamodb()
         .await
         .put_item()

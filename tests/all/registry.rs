@@ -203,25 +203,37 @@ async fn an_outage_a_malformed_item_and_a_revision_going_backwards_stop_nothing(
     assert!(w.follower.unreachable_since_ms().is_none());
     assert_eq!(serving(&w, "europe"), Some(v2_digest.clone()), "the publication made while cut off arrived");
 
-    // Backwards: revision 1 again with other bytes is ignored.
-    let mut backwards = registry.region("north-america").await.unwrap().unwrap();
-    backwards.current.module = v2_digest.clone();
-    registry.force(backwards);
+    // Backwards (europe at revision 1 below the 2 served) is ignored; the
+    // same number with other bytes (north-america, as a recreated registry
+    // would have it) is news.
     let mut current = registry.region("europe").await.unwrap().unwrap();
     current.current.revision = 1;
+    current.current.module = offerd::engine::digest(&reference);
     registry.force(current);
-    assert_eq!(w.follower.poll().await, Poll::Answered { swapped: 0 });
+    let mut renumbered = registry.region("north-america").await.unwrap().unwrap();
+    renumbered.current.module = v2_digest.clone();
+    registry.force(renumbered);
+    assert_eq!(w.follower.poll().await, Poll::Answered { swapped: 1 });
     assert_eq!(serving(&w, "europe"), Some(v2_digest.clone()));
-    assert_eq!(serving(&w, "north-america"), Some(offerd::engine::digest(&reference)));
+    assert_eq!(serving(&w, "north-america"), Some(v2_digest.clone()));
 
     // Restarted while cut off: serves what it served, from the local state.
     drop(w);
     client.cut_off(true);
     let restarted = worker(client.clone(), state.path(), Engine::new(Limits::default()).unwrap(), "w1");
     assert_eq!(restarted.follower.poll().await, Poll::Unreachable);
-    assert_eq!(serving(&restarted, "europe"), Some(v2_digest));
-    assert_eq!(serving(&restarted, "north-america"), Some(offerd::engine::digest(&reference)));
-    assert_eq!(serving(&restarted, "asia"), None);
+    assert_eq!(serving(&restarted, "europe"), Some(v2_digest.clone()));
+    assert_eq!(serving(&restarted, "north-america"), Some(v2_digest.clone()));
+    assert_eq!(serving(&restarted, "asia-pacific"), None);
+
+    // A kept catalog that no longer loads (routing changed, a damaged file):
+    // start from --catalogs and take the registry's revisions again.
+    drop(restarted);
+    std::fs::write(state.path().join("catalogs/europe.toml"), "region = \"elsewhere\"\n").unwrap();
+    client.cut_off(false);
+    let recovered = worker(client.clone(), state.path(), Engine::new(Limits::default()).unwrap(), "w1");
+    assert_eq!(recovered.follower.poll().await, Poll::Answered { swapped: 2 });
+    assert_eq!(serving(&recovered, "north-america"), Some(v2_digest));
 }
 
 /// Two publishers from the same revision: exactly one wins, the other is

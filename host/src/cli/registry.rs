@@ -177,19 +177,19 @@ pub(super) async fn wait(
                     }
                     return Ok(ExitCode::FAILURE);
                 }
+                if status.live.is_empty() {
+                    eprintln!("no live worker follows the registry: revision {revision} of {region} serves nowhere");
+                    return Ok(ExitCode::FAILURE);
+                }
                 if fleet.elsewhere.is_empty() {
-                    if status.live.is_empty() {
-                        eprintln!("no live worker follows the registry: nothing to wait for");
-                    } else {
-                        let after = fleet
-                            .reached_all_after_ms
-                            .map(|ms| format!(" ({ms} ms after publication)"))
-                            .unwrap_or_default();
-                        eprintln!(
-                            "revision {revision} of {region} serves on all {} live workers{after}",
-                            fleet.serving.len()
-                        );
-                    }
+                    let after = fleet
+                        .reached_all_after_ms
+                        .map(|ms| format!(" ({ms} ms after publication)"))
+                        .unwrap_or_default();
+                    eprintln!(
+                        "revision {revision} of {region} serves on all {} live workers{after}",
+                        fleet.serving.len()
+                    );
                     return Ok(ExitCode::SUCCESS);
                 }
                 if Instant::now() >= deadline {

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
 };
@@ -101,7 +102,9 @@ impl AwsRegistry {
             match status {
                 Some(404) => bail!("the registry bucket {bucket:?} does not exist (--registry-bucket)"),
                 Some(403) => bail!("no permission to use the registry bucket {bucket:?} (--registry-bucket)"),
-                None => tracing::warn!(bucket, error = %explain(&e), "the registry bucket does not answer"),
+                status if is_outage(status, e.code()) => {
+                    tracing::warn!(bucket, error = %explain(&e), "the registry bucket does not answer");
+                }
                 _ => bail!("reaching the registry bucket {bucket:?}: {}", explain(&e)),
             }
         }
@@ -159,7 +162,7 @@ impl AwsRegistry {
                     }
                     created = true;
                 }
-                Err(e) if e.raw_response().is_none() => {
+                Err(e) if is_outage(e.raw_response().map(|r| r.status().as_u16()), e.code()) => {
                     tracing::warn!(table = name, error = %explain(&e), "the registry table does not answer");
                     return Ok(false);
                 }
@@ -202,6 +205,13 @@ impl AwsRegistry {
         }
         Err(RegistryError::Unreachable(format!("{pk} items span more than {MAX_PAGES} pages")))
     }
+}
+
+/// No answer, a server error or throttling: the store is having an outage,
+/// which a worker rides out on what it served last, not a setting to fix.
+fn is_outage(status: Option<u16>, code: Option<&str>) -> bool {
+    let throttled = code.is_some_and(|c| c.contains("Throttl") || c == "ProvisionedThroughputExceededException");
+    status.is_none_or(|s| s >= 500) || throttled
 }
 
 fn s(v: &str) -> AttributeValue {
@@ -277,16 +287,24 @@ impl Registry for AwsRegistry {
                 .expression_attribute_names("#rev", REVISION)
                 .expression_attribute_values(":rev", AttributeValue::N(n.to_string())),
         };
-        match put.send().await {
-            Ok(_) => Ok(()),
+        let failure = match put.send().await {
+            Ok(_) => return Ok(()),
             Err(e)
                 if e.as_service_error().and_then(aws_sdk_dynamodb::error::ProvideErrorMetadata::code)
                     == Some("ConditionalCheckFailedException") =>
             {
-                let winner = self.region(&next.region).await.ok().flatten().map(Box::new);
-                Err(RegistryError::Conflict { expected, winner })
+                None
             }
-            Err(e) => Err(unreachable("writing", &self.location.table, &e)),
+            Err(e) => Some(unreachable("writing", &self.location.table, &e)),
+        };
+        // The outcome of a write whose answer was lost (a timeout, or a
+        // retry of a write that landed failing its own condition) is
+        // whatever the item holds now: this very state means it landed.
+        let now = self.region(&next.region).await;
+        match (failure, now) {
+            (_, Ok(Some(current))) if current == *next => Ok(()),
+            (None, Ok(winner)) => Err(RegistryError::Conflict { expected, winner: winner.map(Box::new) }),
+            (None, Err(e)) | (Some(e), _) => Err(e),
         }
     }
 
@@ -294,9 +312,16 @@ impl Registry for AwsRegistry {
         let digest = crate::engine::digest(bytes);
         let key = self.object_key(kind, &digest)?;
         let bucket = &self.location.bucket;
-        // Content-addressed: what is there already is these bytes (readers check).
+        // Content-addressed: bytes already there are kept if they are these
+        // (read back and hashed), replaced if something else took the key.
         match self.s3.head_object().bucket(bucket).key(&key).send().await {
-            Ok(_) => return Ok(digest),
+            Ok(_) => match self.object(kind, &digest, bytes.len() as u64).await {
+                Ok(_) => return Ok(digest),
+                Err(RegistryError::BadObject { reason, .. }) => {
+                    tracing::warn!(key, %reason, "an object under this digest holds other bytes; replacing it");
+                }
+                Err(e) => return Err(e),
+            },
             Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {}
             Err(e) => return Err(RegistryError::Unreachable(format!("s3://{bucket}/{key}: {}", explain(&e)))),
         }
@@ -317,7 +342,10 @@ impl Registry for AwsRegistry {
         let url = format!("s3://{bucket}/{key}");
         let out = match self.s3.get_object().bucket(bucket).key(&key).send().await {
             Ok(out) => out,
-            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(aws_sdk_s3::operation::get_object::GetObjectError::is_no_such_key) =>
+            {
                 return Err(RegistryError::BadObject { key: url, reason: "missing".into() });
             }
             Err(e) => return Err(RegistryError::Unreachable(format!("reading {url}: {}", explain(&e)))),

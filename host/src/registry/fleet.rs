@@ -59,11 +59,14 @@ impl FleetStatus {
 
     /// The fleet at `now_ms` from the regions' items and the workers' reports.
     pub fn of(regions: &[RegionState], workers: &[WorkerReport], now_ms: i64) -> Self {
+        // Saturating: reports are read from a table anyone may write.
         let silent_after = |w: &WorkerReport| {
-            SILENT_AFTER_HEARTBEATS * i64::try_from(w.heartbeat_every_secs.max(1)).unwrap_or(i64::MAX / 4) * 1000
+            i64::try_from(w.heartbeat_every_secs.max(1))
+                .unwrap_or(i64::MAX)
+                .saturating_mul(SILENT_AFTER_HEARTBEATS * 1000)
         };
         let (live, silent): (Vec<&WorkerReport>, Vec<&WorkerReport>) =
-            workers.iter().partition(|w| now_ms - w.heartbeat_at_ms <= silent_after(w));
+            workers.iter().partition(|w| now_ms.saturating_sub(w.heartbeat_at_ms) <= silent_after(w));
         let regions = regions
             .iter()
             .map(|state| {
@@ -84,7 +87,9 @@ impl FleetStatus {
                 for worker in &live {
                     let report = worker.regions.get(&state.region);
                     match report {
-                        Some(r) if r.serving == Some(desired.revision) => {
+                        Some(r)
+                            if r.serving == Some(desired.revision) && r.module.as_deref() == Some(&desired.module) =>
+                        {
                             fleet.serving.push(worker.worker.clone());
                             last_since = last_since.max(r.since_ms.unwrap_or(desired.published_at_ms));
                         }
@@ -110,7 +115,7 @@ impl FleetStatus {
                     }
                 }
                 if !fleet.serving.is_empty() && fleet.serving.len() == live.len() {
-                    fleet.reached_all_after_ms = Some((last_since - desired.published_at_ms).max(0));
+                    fleet.reached_all_after_ms = Some(last_since.saturating_sub(desired.published_at_ms).max(0));
                 }
                 fleet
             })
@@ -159,7 +164,8 @@ mod tests {
     }
 
     fn serving(revision: u64, since_ms: i64) -> RegionReport {
-        RegionReport { serving: Some(revision), module: None, since_ms: Some(since_ms), refused: None, degraded: false }
+        let module = Some(format!("sha256:{revision:064x}"));
+        RegionReport { serving: Some(revision), module, since_ms: Some(since_ms), ..RegionReport::default() }
     }
 
     #[test]

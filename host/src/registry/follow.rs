@@ -5,6 +5,10 @@
 //! serves. A refused revision is reported once and not retried; an
 //! unreachable registry leaves what serves serving and is polled with
 //! backoff until it answers.
+//!
+//! A revision is known by its number *and* its digests: a registry
+//! recreated or restored counts from 1 again, and the same number with
+//! other bytes is news.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -27,6 +31,12 @@ use crate::rollout::Rollout;
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
 /// Longest a stopping worker waits to take itself out of the fleet.
 const FORGET_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest one object may take to arrive, body included (the SDK's
+/// operation timeout does not cover a body that trickles).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest reason kept in a report: a report must fit a DynamoDB item, and
+/// reasons can quote hostile catalog values.
+const MAX_REASON_BYTES: usize = 1024;
 
 pub struct FollowSettings {
     pub worker: String,
@@ -37,7 +47,7 @@ pub struct FollowSettings {
 pub struct Follower {
     registry: Arc<dyn Registry>,
     rollout: Arc<Rollout>,
-    /// Routing from `--catalogs`: which regions exist and their countries.
+    /// Routing: which regions exist and their countries.
     routing: Arc<Catalogs>,
     state: StateDir,
     metrics: Arc<Metrics>,
@@ -55,9 +65,26 @@ struct Report {
     changed: bool,
 }
 
+/// What one poll found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Poll {
+    /// The registry answered and every object needed arrived; so many
+    /// regions changed what they serve.
+    Answered { swapped: usize },
+    /// The table, or an object of a new revision, could not be read.
+    Unreachable,
+}
+
+/// What following one region's item did.
+enum Followed {
+    Unchanged,
+    Swapped,
+    /// Its objects could not be fetched: tried again at the next poll.
+    Pending,
+}
+
 /// Why a revision does not serve (yet).
 enum Apply {
-    /// The objects could not be fetched: tried again at the next poll.
     Unreachable(String),
     /// Never served here: bad bytes, a bad catalog, or this worker's gate.
     Refused(String),
@@ -72,19 +99,10 @@ impl From<RegistryError> for Apply {
     }
 }
 
-/// What one poll found.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Poll {
-    /// The registry answered; so many regions changed what they serve.
-    Answered {
-        swapped: usize,
-    },
-    Unreachable,
-}
-
 impl Follower {
     /// A follower of `registry` for `rollout`, which serves what `state`
-    /// kept from before (reported as degraded until the registry answers).
+    /// kept from before: reported as those revisions where the digests
+    /// match what serves, degraded until the registry answers.
     pub fn new(
         registry: Arc<dyn Registry>,
         rollout: Arc<Rollout>,
@@ -94,11 +112,17 @@ impl Follower {
         settings: FollowSettings,
     ) -> Self {
         let mut report = Report { changed: true, ..Report::default() };
-        for (region, revision) in state.revisions() {
-            let module = rollout.enricher().active(&region).map(|a| a.rules.module().info().digest.clone());
-            if module.is_some() {
-                let since_ms = Some(now_ms());
-                let entry = RegionReport { serving: Some(revision), module, since_ms, refused: None, degraded: true };
+        for (region, served) in state.served_revisions() {
+            let active = rollout.enricher().active(&region).map(|a| a.rules.module().info().digest.clone());
+            if active.as_deref() == Some(served.module.as_str()) {
+                let entry = RegionReport {
+                    serving: Some(served.revision),
+                    module: Some(served.module),
+                    catalog: Some(served.catalog),
+                    since_ms: Some(now_ms()),
+                    refused: None,
+                    degraded: true,
+                };
                 report.regions.insert(region, entry);
             }
         }
@@ -114,38 +138,52 @@ impl Follower {
         let items = match self.registry.regions().await {
             Ok(items) => items,
             Err(e) => {
-                self.metrics.registry_poll("unreachable");
-                self.metrics.registry_unreachable(true);
-                let mut report = self.report();
-                if report.unreachable_since_ms.is_none() {
-                    tracing::warn!(registry = %self.registry.describe(), error = %e, "registry unreachable; what serves keeps serving");
-                    report.unreachable_since_ms = Some(now_ms());
-                    report.changed = true;
-                }
+                self.unreachable(&e.to_string());
                 return Poll::Unreachable;
             }
         };
-        self.metrics.registry_poll("ok");
-        self.metrics.registry_unreachable(false);
         {
+            // Answered: what serves is what the registry knows of now, not
+            // the local state's guess.
             let mut report = self.report();
-            if let Some(since) = report.unreachable_since_ms.take() {
-                tracing::info!(down_since = %super::format_ms(since), "registry reachable again");
-                report.changed = true;
+            for region in report.regions.values_mut() {
+                region.degraded = false;
             }
         }
-        let mut swapped = 0;
+        let (mut swapped, mut pending) = (0, false);
         for item in items {
             match item {
-                Ok(state) => {
-                    if self.follow(state).await {
-                        swapped += 1;
-                    }
-                }
+                Ok(state) => match self.follow(state).await {
+                    Followed::Swapped => swapped += 1,
+                    Followed::Pending => pending = true,
+                    Followed::Unchanged => {}
+                },
                 Err(e) => self.warn_once(e.to_string(), "registry item skipped; other regions unaffected"),
             }
         }
+        if pending {
+            self.unreachable("an object of a new revision could not be fetched");
+            return Poll::Unreachable;
+        }
+        self.metrics.registry_poll("ok");
+        self.metrics.registry_unreachable(false);
+        let mut report = self.report();
+        if let Some(since) = report.unreachable_since_ms.take() {
+            tracing::info!(down_since = %super::format_ms(since), "registry reachable again");
+            report.changed = true;
+        }
         Poll::Answered { swapped }
+    }
+
+    fn unreachable(&self, why: &str) {
+        self.metrics.registry_poll("unreachable");
+        self.metrics.registry_unreachable(true);
+        let mut report = self.report();
+        if report.unreachable_since_ms.is_none() {
+            tracing::warn!(registry = %self.registry.describe(), error = %why, "registry unreachable; what serves keeps serving");
+            report.unreachable_since_ms = Some(now_ms());
+            report.changed = true;
+        }
     }
 
     fn warn_once(&self, what: String, consequence: &str) {
@@ -154,28 +192,24 @@ impl Follower {
         }
     }
 
-    /// Applies `state` if it is news to this worker; true if the region swapped.
-    async fn follow(&self, state: RegionState) -> bool {
+    /// Applies `state` if it is news to this worker.
+    async fn follow(&self, state: RegionState) -> Followed {
         let region = state.region.clone();
-        let revision = state.current.revision;
+        let current = &state.current;
+        let revision = current.revision;
         if self.routing.region(&region).is_none() {
             self.warn_once(format!("registry region {region:?} is not defined in regions.toml"), "ignored");
-            return false;
+            return Followed::Unchanged;
         }
         self.metrics.registry_revision(&region, revision);
         let known = self.report().regions.get(&region).cloned().unwrap_or_default();
-        if known.serving == Some(revision) {
-            if known.degraded {
-                let mut report = self.report();
-                if let Some(r) = report.regions.get_mut(&region) {
-                    r.degraded = false;
-                }
-                report.changed = true;
-            }
-            return false;
+        let same_bytes = known.module.as_deref() == Some(current.module.as_str())
+            && known.catalog.as_deref() == Some(current.catalog.as_str());
+        if known.serving == Some(revision) && same_bytes {
+            return Followed::Unchanged;
         }
         if known.refused.as_ref().is_some_and(|r| r.revision == revision) {
-            return false;
+            return Followed::Unchanged;
         }
         if let Some(serving) = known.serving
             && revision < serving
@@ -186,39 +220,37 @@ impl Follower {
                 ),
                 "ignored; if the registry was recreated, restart with an empty --registry-state directory",
             );
-            return false;
+            return Followed::Unchanged;
         }
         match self.apply(&state).await {
             Ok(()) => {
-                let lag = (now_ms() - state.current.published_at_ms).max(0) as f64 / 1000.0;
+                let lag = now_ms().saturating_sub(current.published_at_ms).max(0) as f64 / 1000.0;
                 self.metrics.registry_applied(lag);
-                tracing::info!(region, revision, module = %state.current.module, publisher = %state.current.publisher, "registry revision serving");
+                tracing::info!(region, revision, module = %current.module, publisher = %current.publisher, "registry revision serving");
                 let mut report = self.report();
-                report.regions.insert(
-                    region,
-                    RegionReport {
-                        serving: Some(revision),
-                        module: Some(state.current.module.clone()),
-                        since_ms: Some(now_ms()),
-                        refused: None,
-                        degraded: false,
-                    },
-                );
+                let entry = RegionReport {
+                    serving: Some(revision),
+                    module: Some(current.module.clone()),
+                    catalog: Some(current.catalog.clone()),
+                    since_ms: Some(now_ms()),
+                    refused: None,
+                    degraded: false,
+                };
+                report.regions.insert(region, entry);
                 report.changed = true;
-                true
+                Followed::Swapped
             }
             Err(Apply::Unreachable(e)) => {
-                // Tried again at the next poll.
                 tracing::warn!(region, revision, error = %e, "cannot fetch the revision's objects yet");
-                false
+                Followed::Pending
             }
             Err(Apply::Refused(reason)) => {
                 tracing::warn!(region, revision, %reason, "registry revision refused; what serves keeps serving");
                 let mut report = self.report();
                 let entry = report.regions.entry(region).or_insert(known);
-                entry.refused = Some(RefusedRevision { revision, reason });
+                entry.refused = Some(RefusedRevision { revision, reason: bounded(reason) });
                 report.changed = true;
-                false
+                Followed::Unchanged
             }
         }
     }
@@ -229,8 +261,8 @@ impl Follower {
         let region = &state.region;
         let current = &state.current;
         let limit = self.rollout.max_module_bytes() as u64;
-        let module = self.registry.object(ObjectKind::Module, &current.module, limit).await?;
-        let catalog_bytes = self.registry.object(ObjectKind::Catalog, &current.catalog, MAX_CATALOG_BYTES).await?;
+        let module = self.fetch(ObjectKind::Module, &current.module, limit).await?;
+        let catalog_bytes = self.fetch(ObjectKind::Catalog, &current.catalog, MAX_CATALOG_BYTES).await?;
         let label = std::path::PathBuf::from(format!("{region}.toml ({})", current.catalog));
         let catalog =
             self.routing.parse_region(region, &label, &catalog_bytes).map_err(|e| Apply::Refused(e.to_string()))?;
@@ -244,6 +276,13 @@ impl Follower {
             tracing::error!(region, error = %e, "cannot keep the serving revision in the local state; a restart may serve another");
         }
         Ok(())
+    }
+
+    async fn fetch(&self, kind: ObjectKind, digest: &str, limit: u64) -> Result<Vec<u8>, Apply> {
+        match tokio::time::timeout(FETCH_TIMEOUT, self.registry.object(kind, digest, limit)).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(Apply::Unreachable(format!("{digest} did not arrive within {FETCH_TIMEOUT:?}"))),
+        }
     }
 
     /// The report this worker sends, and whether it changed since the last one sent.
@@ -261,39 +300,51 @@ impl Follower {
         (worker, changed)
     }
 
-    /// Whether any region serves what the registry last said (for start-up).
+    /// Since when the registry has been unreachable, if it is.
     pub fn unreachable_since_ms(&self) -> Option<i64> {
         self.report().unreachable_since_ms
     }
 
     /// Polls until `stopping`, backing off while the registry is
-    /// unreachable; reports on every change and every heartbeat. On a clean
-    /// stop, takes this worker out of the fleet.
+    /// unreachable; reports on every change and every heartbeat. A stop
+    /// ends a poll or report in flight. On a clean stop, takes this worker
+    /// out of the fleet.
     pub async fn run(self: Arc<Self>, mut stopping: watch::Receiver<bool>) {
         let mut wait = self.settings.poll_every;
         let mut last_report = None::<Instant>;
+        let mut report_failed = false;
         loop {
             let (report, changed) = self.take_report();
             let due = last_report.is_none_or(|t: Instant| t.elapsed() >= self.settings.heartbeat_every);
-            if (changed || due) && report.unreachable_since_ms.is_none() {
-                match self.registry.report(&report).await {
+            if changed || due {
+                let sent = tokio::select! {
+                    sent = self.registry.report(&report) => sent,
+                    _ = stopping.wait_for(|stop| *stop) => break,
+                };
+                match sent {
                     Ok(()) => {
                         self.metrics.registry_reported();
                         last_report = Some(Instant::now());
+                        report_failed = false;
                     }
                     Err(e) => {
-                        tracing::debug!(error = %e, "report not sent");
+                        if !report_failed {
+                            tracing::warn!(error = %e, "cannot report to the registry; retrying at every poll");
+                        }
+                        report_failed = true;
                         self.report().changed = true;
                     }
                 }
-            } else if changed {
-                self.report().changed = true;
             }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stopping.wait_for(|stop| *stop) => break,
             }
-            wait = match self.poll().await {
+            let polled = tokio::select! {
+                polled = self.poll() => polled,
+                _ = stopping.wait_for(|stop| *stop) => break,
+            };
+            wait = match polled {
                 Poll::Answered { .. } => self.settings.poll_every,
                 Poll::Unreachable => (wait * 2).min(MAX_BACKOFF.max(self.settings.poll_every)),
             };
@@ -302,5 +353,31 @@ impl Follower {
         if !matches!(forgotten, Ok(Ok(()))) {
             tracing::warn!("could not take this worker out of the registry's fleet; it goes silent instead");
         }
+    }
+}
+
+/// `reason` cut to [`MAX_REASON_BYTES`] at a character boundary.
+fn bounded(mut reason: String) -> String {
+    if reason.len() > MAX_REASON_BYTES {
+        let mut end = MAX_REASON_BYTES;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push_str(" …");
+    }
+    reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_cut_at_a_character_boundary() {
+        assert_eq!(bounded("short".into()), "short");
+        let long = "é".repeat(MAX_REASON_BYTES);
+        let cut = bounded(long);
+        assert!(cut.len() <= MAX_REASON_BYTES + " …".len() && cut.ends_with(" …"), "{}", cut.len());
     }
 }

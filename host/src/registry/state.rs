@@ -15,7 +15,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use serde::{Deserialize, Serialize};
 
+use crate::catalog::Catalogs;
+use crate::engine::digest;
 use crate::module_store::ModuleStore;
 
 pub struct StateDir {
@@ -25,7 +28,8 @@ pub struct StateDir {
 impl StateDir {
     /// Creates the directory if missing and refreshes the routing and the
     /// catalogs of regions the registry has not served here yet from
-    /// `catalogs` (`--catalogs`).
+    /// `catalogs` (`--catalogs`). Kept catalogs that no longer load with
+    /// that routing are replaced too, and the revisions kept forgotten.
     ///
     /// # Errors
     /// The directory cannot be created or written, or `catalogs` read.
@@ -34,21 +38,41 @@ impl StateDir {
         for sub in [state.modules_dir(), state.catalogs_dir()] {
             std::fs::create_dir_all(&sub).with_context(|| format!("creating {}", sub.display()))?;
         }
-        let served = state.revisions();
+        let served = state.served_revisions();
+        state.copy_catalogs(catalogs, |region| !served.contains_key(region))?;
+        if let Err(e) = Catalogs::load(&state.catalogs_dir()) {
+            // regions.toml changed so that a catalog kept from the registry
+            // no longer fits it (or a kept file is damaged): start from
+            // --catalogs; the registry's revisions apply at the first poll.
+            tracing::warn!(error = %e, "the catalogs kept from the registry do not load; starting from --catalogs");
+            let file = state.dir.join("revisions.json");
+            match std::fs::remove_file(&file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", file.display()));
+                }
+                _ => {}
+            }
+            state.copy_catalogs(catalogs, |_| true)?;
+        }
+        Ok(state)
+    }
+
+    /// Copies `regions.toml` and the catalogs of regions `wanted` from `catalogs`.
+    fn copy_catalogs(&self, catalogs: &Path, wanted: impl Fn(&str) -> bool) -> anyhow::Result<()> {
         let entries = std::fs::read_dir(catalogs).with_context(|| format!("reading {}", catalogs.display()))?;
         for entry in entries {
             let path = entry.with_context(|| format!("reading {}", catalogs.display()))?.path();
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
             let Some(region) = name.strip_suffix(".toml") else { continue };
-            if region != "regions" && served.contains_key(region) {
+            if region != "regions" && !wanted(region) {
                 continue;
             }
             let bytes = crate::config_file::read_limited(&path, crate::config_file::MAX_FILE_BYTES)
                 .with_context(|| format!("reading {}", path.display()))?;
-            let target = state.catalogs_dir().join(name);
+            let target = self.catalogs_dir().join(name);
             crate::atomic_file::write(&target, &bytes).with_context(|| format!("writing {}", target.display()))?;
         }
-        Ok(state)
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -72,23 +96,45 @@ impl StateDir {
     }
 
     /// Region to the registry revision it served here last.
-    pub fn revisions(&self) -> BTreeMap<String, u64> {
-        std::fs::read(self.dir.join("revisions.json"))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default()
+    pub fn served_revisions(&self) -> BTreeMap<String, Served> {
+        let file = self.dir.join("revisions.json");
+        match std::fs::read(&file) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "cannot read the served revisions; serving as if none");
+                BTreeMap::new()
+            }
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(file = %file.display(), error = %e, "malformed served revisions; serving as if none");
+                BTreeMap::new()
+            }),
+        }
     }
 
-    /// Records that `revision` (these module and catalog bytes) serves `region`.
+    /// Records that `revision` (these module and catalog bytes) serves
+    /// `region`. The revisions file is written last: a crash before it
+    /// leaves the older revision recorded, whose digests then do not match
+    /// what the roll-out serves, so it is reported as unknown, never as a
+    /// revision it is not.
     ///
     /// # Errors
     /// A file cannot be written.
     pub fn served(&self, region: &str, revision: u64, module: &[u8], catalog: &[u8]) -> std::io::Result<()> {
         crate::atomic_file::write(&self.catalogs_dir().join(format!("{region}.toml")), catalog)?;
         crate::atomic_file::write(&self.modules_dir().join(format!("{region}.wasm")), module)?;
-        let mut revisions = self.revisions();
-        revisions.insert(region.to_owned(), revision);
+        let mut revisions = self.served_revisions();
+        let served = Served { revision, module: digest(module), catalog: digest(catalog) };
+        revisions.insert(region.to_owned(), served);
         let text = serde_json::to_vec_pretty(&revisions).expect("a map of revisions always serialises");
         crate::atomic_file::write(&self.dir.join("revisions.json"), &text)
     }
+}
+
+/// A registry revision as served here, with its digests: a revision number
+/// alone does not say what serves (a recreated registry counts from 1 again).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Served {
+    pub revision: u64,
+    pub module: String,
+    pub catalog: String,
 }
