@@ -17,6 +17,7 @@
 //! - [`admin`]: the admin HTTP API of `offerd run`.
 //! - [`registry`]: the module registry a fleet follows (DynamoDB and S3).
 //! - `atomic_file`: crash-safe file replacement (checkpoints, module store).
+//! - `process_lock`: one process per checkpoint file or registry state directory.
 //! - `http_server`: binding and serving either HTTP endpoint until shutdown.
 //! - [`tls`]: TLS settings of the admin API.
 //! - [`service`]: `offerd run` as one call: settings, bound listeners, a shutdown future.
@@ -33,6 +34,7 @@ pub mod golden;
 mod http_server;
 pub mod metrics;
 pub mod module_store;
+mod process_lock;
 pub mod record;
 pub mod registry;
 pub mod rollout;

@@ -21,8 +21,10 @@ use crate::catalog::Catalogs;
 use crate::engine::digest;
 use crate::module_store::ModuleStore;
 
+/// One process per directory: `<dir>/.lock` is held while it is open.
 pub struct StateDir {
     dir: PathBuf,
+    _lock: std::fs::File,
 }
 
 impl StateDir {
@@ -34,7 +36,9 @@ impl StateDir {
     /// # Errors
     /// The directory cannot be created or written, or `catalogs` read.
     pub fn open(dir: &Path, catalogs: &Path) -> anyhow::Result<Self> {
-        let state = Self { dir: dir.to_owned() };
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let lock = crate::process_lock::take(&dir.join(".lock"), dir, "one process per --registry-state directory")?;
+        let state = Self { dir: dir.to_owned(), _lock: lock };
         for sub in [state.modules_dir(), state.catalogs_dir()] {
             std::fs::create_dir_all(&sub).with_context(|| format!("creating {}", sub.display()))?;
         }
@@ -137,4 +141,33 @@ pub struct Served {
     pub revision: u64,
     pub module: String,
     pub catalog: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalogs() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../catalogs")
+    }
+
+    #[test]
+    fn one_process_per_state_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = StateDir::open(dir.path(), &catalogs()).unwrap();
+        let err = StateDir::open(dir.path(), &catalogs()).err().unwrap().to_string();
+        assert!(err.contains("in use by another offerd") && err.contains("--registry-state"), "{err}");
+        drop(first);
+        StateDir::open(dir.path(), &catalogs()).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_revisions_file_serves_as_if_none_was_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path(), &catalogs()).unwrap();
+        state.served("europe", 3, b"module", b"catalog").unwrap();
+        assert_eq!(state.served_revisions()["europe"].revision, 3);
+        std::fs::write(dir.path().join("revisions.json"), "{ torn").unwrap();
+        assert!(state.served_revisions().is_empty());
+    }
 }

@@ -3,8 +3,7 @@
 //! file that survives a crash mid-write.
 
 use std::collections::BTreeMap;
-use std::fs::{File, TryLockError};
-use std::io::{Read, Seek, Write};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -81,31 +80,7 @@ pub struct FileCheckpoints {
 /// Takes the lock beside `path`, or says which process holds it.
 fn lock(path: &Path) -> anyhow::Result<File> {
     let lock_path = PathBuf::from(format!("{}.lock", path.display()));
-    let mut file = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lock_path)
-        .with_context(|| format!("opening {}", lock_path.display()))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            anyhow::bail!(
-                "{} is in use by another offerd (pid {}, holding {}); one process per checkpoint file",
-                path.display(),
-                holder.trim(),
-                lock_path.display()
-            );
-        }
-        Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", lock_path.display())),
-    }
-    file.set_len(0)?;
-    file.rewind()?;
-    write!(file, "{}", std::process::id())?;
-    Ok(file)
+    crate::process_lock::take(&lock_path, path, "one process per checkpoint file")
 }
 
 impl FileCheckpoints {
