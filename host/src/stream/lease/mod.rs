@@ -15,6 +15,7 @@
 //! the lease taken from it.
 
 mod balance;
+mod lineage;
 pub mod table;
 
 use std::collections::{HashMap, HashSet};
@@ -442,11 +443,11 @@ impl Leases {
     }
 
     /// Creates a lease for every listed shard without one, and records new
-    /// children on their parents' leases. A shard whose parents have no
-    /// lease (the stream's first shards) starts at `start_at`; a child of a
-    /// leased parent at its trim horizon, so a split or merge skips nothing.
-    /// A closed shard whose children have leases already (its own lease was
-    /// removed once it was finished) gets none.
+    /// children on their parents' leases. A descendant of a shard being read
+    /// starts at its trim horizon, so a split or merge skips nothing; a new
+    /// table's shards at `start_at`. A shard with a leased descendant (its
+    /// own lease removed once finished) gets none, however many generations
+    /// back ([`lineage`]).
     ///
     /// # Errors
     /// The table cannot be scanned or written.
@@ -456,18 +457,10 @@ impl Leases {
         self.metrics.lease_request("scan");
         let leases = self.table.scan().await?;
         let existing: HashMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
-        let has_leased_child: HashSet<&str> =
-            leases.iter().flat_map(|l| l.parents.iter().map(String::as_str)).collect();
+        let leased: HashMap<&str, &[String]> = leases.iter().map(|l| (l.key.as_str(), l.parents.as_slice())).collect();
         let mut new_children: HashMap<&str, Vec<String>> = HashMap::new();
-        for shard in
-            shards.iter().filter(|s| !existing.contains_key(s.shard_id()) && !has_leased_child.contains(s.shard_id()))
-        {
-            let parents: Vec<String> = [shard.parent_shard_id(), shard.adjacent_parent_shard_id()]
-                .into_iter()
-                .flatten()
-                .map(str::to_owned)
-                .collect();
-            let (checkpoint, start_timestamp_ms) = if parents.iter().any(|p| existing.contains_key(p.as_str())) {
+        for lineage::Planned { shard, parents, from_trim_horizon } in lineage::plan(shards, &leased) {
+            let (checkpoint, start_timestamp_ms) = if from_trim_horizon {
                 ("TRIM_HORIZON", None)
             } else {
                 match start_at {
