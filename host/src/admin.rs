@@ -5,9 +5,11 @@
 //!
 //! - `GET  /v1/regions`: [`RegionStatus`](crate::rollout::RegionStatus) of every region.
 //! - `PUT  /v1/regions/{region}/module`: the component's bytes as the body;
-//!   200 with the active module, 422 with the refusal, 404 for an unknown region.
+//!   200 with the active module, 422 with the refusal, 404 for an unknown
+//!   region, 409 at once while another publication is being gated.
 //! - `POST /v1/regions/{region}/rollback`: 200 with the module now active,
 //!   409 if there is no previous version.
+//! - `GET  /v1/publishing`: the publication being gated through this API, if any.
 //! - `GET  /v1/fleet`: with a registry, what every worker serves
 //!   ([`FleetStatus`](crate::registry::fleet::FleetStatus)).
 //!
@@ -16,7 +18,7 @@
 //! the new revision, and every worker, this one included, swaps when it
 //! reads it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use axum::Router;
@@ -39,6 +41,30 @@ struct Admin {
     rollout: Arc<Rollout>,
     token: Arc<str>,
     registry: Option<Arc<RegistryAccess>>,
+    /// The publication being gated, if any: one at a time, so bodies of up
+    /// to the module cap never queue up behind a slow gate.
+    publishing: Arc<Mutex<Option<String>>>,
+}
+
+/// Marks a publication in progress until dropped.
+struct InProgress(Arc<Mutex<Option<String>>>);
+
+impl InProgress {
+    /// Claims the publication slot, or says which publication holds it.
+    fn claim(slot: &Arc<Mutex<Option<String>>>, what: String) -> Result<Self, String> {
+        let mut current = slot.lock().expect("the publication slot is never held across a panic");
+        if let Some(other) = &*current {
+            return Err(other.clone());
+        }
+        *current = Some(what);
+        Ok(Self(slot.clone()))
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        *self.0.lock().expect("the publication slot is never held across a panic") = None;
+    }
 }
 
 /// What the admin API of a registry worker publishes with.
@@ -65,10 +91,11 @@ pub fn serve(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     // A larger body is refused before it is read; the gate says why.
     let max_body = rollout.max_module_bytes() + 1;
-    let state = Admin { rollout, token: token.into(), registry };
+    let state = Admin { rollout, token: token.into(), registry, publishing: Arc::default() };
     let app = Router::new()
         .route("/v1/regions", get(regions))
         .route("/v1/fleet", get(fleet))
+        .route("/v1/publishing", get(publishing))
         .route("/v1/regions/{region}/module", put(publish))
         .route("/v1/regions/{region}/rollback", post(rollback))
         .layer(DefaultBodyLimit::max(max_body))
@@ -113,6 +140,11 @@ async fn regions(State(admin): State<Admin>) -> Response {
     axum::Json(admin.rollout.status()).into_response()
 }
 
+async fn publishing(State(admin): State<Admin>) -> Response {
+    let current = admin.publishing.lock().expect("the publication slot is never held across a panic").clone();
+    axum::Json(json!({"in_progress": current})).into_response()
+}
+
 async fn fleet(State(admin): State<Admin>) -> Response {
     let Some(access) = &admin.registry else {
         return (StatusCode::NOT_FOUND, axum::Json(json!({"error": "this offerd follows no registry"})))
@@ -125,6 +157,16 @@ async fn fleet(State(admin): State<Admin>) -> Response {
 }
 
 async fn publish(State(admin): State<Admin>, Path(region): Path<String>, body: Bytes) -> Response {
+    let since =
+        time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let what = format!("{region} ({}), since {since}", crate::engine::digest(&body));
+    let _in_progress = match InProgress::claim(&admin.publishing, what) {
+        Ok(claimed) => claimed,
+        Err(other) => {
+            let error = format!("another publication is being gated: {other}; try again when it ends");
+            return (StatusCode::CONFLICT, axum::Json(json!({"error": error}))).into_response();
+        }
+    };
     if let Some(access) = &admin.registry {
         let publication = Publication {
             region,

@@ -204,6 +204,11 @@ async fn publish_under_load_switches_once_per_shard_and_refuses_broken_modules()
         let (admin, bytes) = (admin.clone(), gated_bytes);
         std::thread::spawn(move || http(&admin, "PUT", "/v1/regions/europe/module", Some(TOKEN), &bytes))
     };
+    let deadline = Instant::now() + DEADLINE;
+    while !http(&admin, "GET", "/v1/publishing", Some(TOKEN), b"").1.contains("europe") {
+        assert!(Instant::now() < deadline && !gating.is_finished(), "the publication never showed as in progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let mut answered_while_gating = 0;
     while !gating.is_finished() {
         let started = Instant::now();
@@ -215,6 +220,12 @@ async fn publish_under_load_switches_once_per_shard_and_refuses_broken_modules()
             // v1 → v2 (the previous version), while the gate runs.
             let (status, body) = http(&admin, "POST", "/v1/regions/europe/rollback", Some(TOKEN), b"");
             assert_eq!(status, 200, "{body}");
+            // A second publication is answered at once, naming the first.
+            let started = Instant::now();
+            let (status, body) = http(&admin, "PUT", "/v1/regions/north-america/module", Some(TOKEN), &v2_bytes);
+            assert_eq!(status, 409, "{body}");
+            assert!(body.contains("another publication is being gated: europe"), "{body}");
+            assert!(started.elapsed() < Duration::from_secs(1), "answered after {:?}", started.elapsed());
         }
         answered_while_gating += 1;
     }

@@ -126,6 +126,10 @@ fn decode(message: &[u8], max_records: usize) -> Result<Vec<UserRecord<'_>>, Str
             _ => {}
         }
     }
+    if count == 0 {
+        // Valid, yet it would vanish: neither an output nor a dead letter.
+        return Err("KPL aggregate holds no user records".into());
+    }
     let mut records = Vec::with_capacity(count);
     let mut fields = Fields(message);
     while let Some((tag, value)) = fields.next().map_err(bad)? {

@@ -60,6 +60,11 @@ fn a_damaged_aggregate_is_corrupt_not_data() {
     // Keys Kinesis refuses.
     corrupt(&aggregate(&[user(&"k".repeat(257), "{}")]), "257 characters");
     corrupt(&aggregate(&[user("", "{}")]), "0 characters");
+    // Valid but empty: one dead letter, never nothing at all.
+    corrupt(&aggregate(&[]), "no user records");
+    let mut keys_only = Vec::new();
+    put_bytes(&mut keys_only, 1, b"a");
+    corrupt(&framed(&keys_only), "no user records");
 }
 
 /// The aggregate that drove offerd past 2 GiB: a 300,000-character key and
