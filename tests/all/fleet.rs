@@ -237,12 +237,19 @@ async fn a_fleet_follows_publications_and_rollbacks_through_one_registry() {
     wait_for_fleet(&k, &place, "three workers serve revision 1", |f| {
         region(f, "europe")["serving"].as_array().is_some_and(|w| w.len() == 3)
     });
+    // Load until ten rounds after the publication returned, so the switch
+    // falls mid-stream however slow the machine.
+    let published = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let producer = {
-        let (k, input) = (k.clone(), s.input.clone());
+        let (k, input, published) = (k.clone(), s.input.clone(), published.clone());
         tokio::spawn(async move {
-            let mut landed = Vec::new();
-            for n in 0..40 {
+            let (mut landed, mut after) = (Vec::new(), 0);
+            for n in 0..1000 {
                 landed.extend(k.put(&input, &round(n)).await);
+                after += usize::from(published.load(Ordering::SeqCst));
+                if after >= 10 {
+                    break;
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             landed
@@ -254,6 +261,7 @@ async fn a_fleet_follows_publications_and_rollbacks_through_one_registry() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("serves on all 3 live workers"), "{stderr}");
+    published.store(true, Ordering::SeqCst);
     let status = fleet_status(&k, &place);
     let europe = region(&status, "europe");
     assert_eq!((europe["revision"].as_u64(), europe["module"].as_str()), (Some(2), Some(d2.as_str())));
@@ -589,7 +597,9 @@ async fn a_registry_outage_stops_nothing_and_a_restart_during_one_serves_what_se
     tokio::time::sleep(Duration::from_secs(20).saturating_sub(outage.elapsed())).await;
     dynamodb.set_cut(false);
     s3.set_cut(false);
-    super::stream::wait_for_metric(&metrics, r#"offerd_registry_revision{region="europe"} 2"#);
+    let serving_v2 =
+        format!(r#"offerd_active_module{{region="europe",module="misbehave",version="0.0.1",digest="{d2}"}} 1"#);
+    super::stream::wait_for_metric(&metrics, &serving_v2);
     wait_for_health(&metrics, "healthy again", |b| b == "ok\n");
 
     let landed: Vec<(String, Seq)> = producer.await.unwrap();
@@ -601,7 +611,16 @@ async fn a_registry_outage_stops_nothing_and_a_restart_during_one_serves_what_se
     }
     assert_eq!(seen.len(), landed.len(), "every record came out");
     assert!(seen.values().all(|n| *n == 1), "no record twice");
-    assert!(offers.iter().any(|o| o["rule"]["digest"] == d2), "v2 served after the outage");
+    // Put after the swap: v2's.
+    let after: HashSet<(String, Seq)> = k.put(&s.input, &round(150)).await.into_iter().collect();
+    let (offers, _) = k.wait_for(&s.output, &s.dlq, landed.len() + after.len()).await;
+    let europe: Vec<&Value> = offers
+        .iter()
+        .filter(|o| o["region"] == "europe")
+        .filter(|o| after.contains(&(o["source"]["shard_id"].as_str().unwrap().to_owned(), seq(o))))
+        .collect();
+    assert_eq!(europe.len(), 4);
+    assert!(europe.iter().all(|o| o["rule"]["digest"] == d2), "v2 serves after the outage");
     worker.stop();
 
     // Restarted while cut off: v2 serves, from the local state, degraded.
@@ -610,7 +629,7 @@ async fn a_registry_outage_stops_nothing_and_a_restart_during_one_serves_what_se
     let worker = Offerd(Some(start(&state).stderr(Stdio::null()).spawn().unwrap()));
     wait_for_health(&metrics, "degraded after a restart", |b| b.contains("degraded"));
     let last_round: HashSet<(String, Seq)> = k.put(&s.input, &round(100)).await.into_iter().collect();
-    let (offers, _) = k.wait_for(&s.output, &s.dlq, landed.len() + last_round.len()).await;
+    let (offers, _) = k.wait_for(&s.output, &s.dlq, landed.len() + after.len() + last_round.len()).await;
     let europe: Vec<&Value> = offers
         .iter()
         .filter(|o| o["region"] == "europe")

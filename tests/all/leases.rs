@@ -429,3 +429,44 @@ async fn split_and_merge_across_three_workers_keep_per_key_order() {
         assert_eq!(rounds, (0..9).collect::<Vec<_>>(), "{user}: outputs out of put order");
     }
 }
+
+/// A renewal that landed but whose answer was lost, then a checkpoint at
+/// the counter the worker still believes: the read-back must find the
+/// checkpoint itself, not only "mine, one higher", and the value must be
+/// written (before, it was reported written and was not: with SHARD_END the
+/// lease was released holding the old checkpoint and the children stalled).
+/// Fencing still holds: once another worker took the lease, it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_after_a_renewal_whose_answer_was_lost_is_written() {
+    use offerd::stream::lease::{Lease, LeaseError, LeaseTable};
+
+    let table = LeaseTable::open(dynamodb().await, &fresh_table()).await.unwrap();
+    let lease = Lease {
+        key: "shardId-000000000000".into(),
+        owner: None,
+        counter: 0,
+        checkpoint: "TRIM_HORIZON".into(),
+        sub_sequence: 0,
+        owner_switches: 0,
+        parents: Vec::new(),
+        children: Vec::new(),
+        hash_keys: None,
+        start_timestamp_ms: None,
+        handoff_to: None,
+    };
+    assert!(table.create(&lease).await.unwrap());
+    let believed = table.take(&lease, "w1").await.unwrap();
+    // Applied; its answer lost, so the worker still believes `believed`.
+    table.renew(&lease.key, "w1", believed).await.unwrap();
+    let position = "49660000000000000000000000000000000000000000000000000001";
+    let next = table.checkpoint(&lease.key, "w1", believed, position).await.unwrap();
+    let stored = table.scan().await.unwrap().into_iter().find(|l| l.key == lease.key).unwrap();
+    assert_eq!((stored.checkpoint.as_str(), stored.counter), (position, next));
+
+    table.take(&stored, "w2").await.unwrap();
+    let stale =
+        table.checkpoint(&lease.key, "w1", next, "49660000000000000000000000000000000000000000000000000002").await;
+    assert!(matches!(stale, Err(LeaseError::Lost(_))), "{stale:?}");
+    let stored = table.scan().await.unwrap().into_iter().find(|l| l.key == lease.key).unwrap();
+    assert_eq!((stored.checkpoint.as_str(), stored.owner.as_deref()), (position, Some("w2")));
+}

@@ -263,7 +263,9 @@ impl LeaseTable {
     /// # Errors
     /// [`LeaseError::Lost`] when another worker took it.
     pub async fn renew(&self, key: &str, owner: &str, counter: u64) -> Result<u64, LeaseError> {
-        self.update_held(key, owner, counter, "SET #counter = :next", &[], Vec::new(), "renewing").await
+        let next = next_counter(key, counter)?;
+        let landed = |l: &Lease| l.owner.as_deref() == Some(owner) && l.counter == next;
+        self.update_held(key, owner, counter, "SET #counter = :next", &[], Vec::new(), "renewing", &landed).await
     }
 
     /// Records a checkpoint of a lease this worker holds at `counter` (which
@@ -273,6 +275,26 @@ impl LeaseTable {
     /// # Errors
     /// [`LeaseError::Lost`] when another worker took it.
     pub async fn checkpoint(&self, key: &str, owner: &str, counter: u64, checkpoint: &str) -> Result<u64, LeaseError> {
+        match self.checkpoint_at(key, owner, counter, checkpoint).await {
+            // Still this worker's, at another counter: one of its own writes
+            // landed unseen (a renewal whose answer was lost). The
+            // checkpoint is not there yet: write it at the counter read.
+            Err(LeaseError::Lost(_)) => match self.read(key).await {
+                Some(lease) if lease.owner.as_deref() == Some(owner) && lease.counter != counter => {
+                    self.checkpoint_at(key, owner, lease.counter, checkpoint).await
+                }
+                _ => Err(LeaseError::Lost(key.to_owned())),
+            },
+            other => other,
+        }
+    }
+
+    async fn checkpoint_at(&self, key: &str, owner: &str, counter: u64, checkpoint: &str) -> Result<u64, LeaseError> {
+        let next = next_counter(key, counter)?;
+        // Read back, the write landed only if the value is there too.
+        let landed = |l: &Lease| {
+            l.owner.as_deref() == Some(owner) && l.counter == next && l.checkpoint == checkpoint && l.sub_sequence == 0
+        };
         self.update_held(
             key,
             owner,
@@ -281,6 +303,7 @@ impl LeaseTable {
             &[("#checkpoint", attr::CHECKPOINT), ("#sub", attr::SUB_SEQUENCE), ("#switches", attr::OWNER_SWITCHES)],
             vec![(":checkpoint", s(checkpoint)), (":zero", n(0))],
             "checkpointing",
+            &landed,
         )
         .await
     }
@@ -291,6 +314,8 @@ impl LeaseTable {
     /// # Errors
     /// [`LeaseError::Lost`] when another worker took it meanwhile.
     pub async fn release(&self, key: &str, owner: &str, counter: u64) -> Result<u64, LeaseError> {
+        let next = next_counter(key, counter)?;
+        let landed = |l: &Lease| l.owner.is_none() && l.counter == next;
         self.update_held(
             key,
             owner,
@@ -299,6 +324,7 @@ impl LeaseTable {
             &[("#handoff", attr::HANDOFF_TO)],
             Vec::new(),
             "releasing",
+            &landed,
         )
         .await
     }
@@ -309,6 +335,8 @@ impl LeaseTable {
     /// # Errors
     /// [`LeaseError::Lost`] when another worker took it meanwhile.
     pub async fn hand_over(&self, key: &str, owner: &str, counter: u64, to: &str) -> Result<u64, LeaseError> {
+        let next = next_counter(key, counter)?;
+        let landed = |l: &Lease| l.owner.as_deref() == Some(to) && l.counter == next;
         self.update_held(
             key,
             owner,
@@ -319,6 +347,7 @@ impl LeaseTable {
             &[("#switches", attr::OWNER_SWITCHES)],
             vec![(":to", s(to)), (":one", n(1))],
             "handing over",
+            &landed,
         )
         .await
     }
@@ -381,7 +410,9 @@ impl LeaseTable {
     }
 
     /// An update of a lease conditional on this worker holding it at
-    /// `counter`, with the update's own placeholders.
+    /// `counter`, with the update's own placeholders. `landed` tells, from
+    /// the item read back after a refused write, whether the write was in
+    /// fact applied (its answer lost, the SDK's retry then refused).
     #[allow(clippy::too_many_arguments)]
     async fn update_held(
         &self,
@@ -392,6 +423,7 @@ impl LeaseTable {
         names: &[(&str, &str)],
         values: Vec<(&str, AttributeValue)>,
         what: &str,
+        landed: &(dyn Fn(&Lease) -> bool + Sync),
     ) -> Result<u64, LeaseError> {
         let next = next_counter(key, counter)?;
         let mut request = self
@@ -416,19 +448,16 @@ impl LeaseTable {
             Ok(_) => Ok(next),
             // The write may have succeeded and only its answer been lost (the
             // SDK then retries, and the retry fails its condition): read back.
-            Err(LeaseError::Lost(_)) if self.holds_at(key, owner, next).await => Ok(next),
+            Err(LeaseError::Lost(_)) if self.read(key).await.is_some_and(|l| landed(&l)) => Ok(next),
             Err(e) => Err(e),
         }
     }
 
-    /// Whether the lease is `owner`'s at `counter`, read consistently.
-    async fn holds_at(&self, key: &str, owner: &str, counter: u64) -> bool {
+    /// The lease of `key`, read consistently; `None` if it cannot be read.
+    async fn read(&self, key: &str) -> Option<Lease> {
         let item =
             self.client.get_item().table_name(&self.name).key(attr::KEY, s(key)).consistent_read(true).send().await;
-        item.ok()
-            .and_then(|out| out.item)
-            .and_then(|item| parse(&item).ok())
-            .is_some_and(|lease| lease.owner.as_deref() == Some(owner) && lease.counter == counter)
+        item.ok().and_then(|out| out.item).and_then(|item| parse(&item).ok())
     }
 
     /// Takes a lease seen at `counter` (expired, unowned, or stolen from an
