@@ -98,7 +98,7 @@ pub(super) struct RollbackArgs {
 struct AdminArgs {
     /// The admin API of a running offerd (`https://offerd.internal:9101`, or
     /// `http://127.0.0.1:9101` on loopback).
-    #[arg(long, value_name = "URL", requires = "admin_token_file")]
+    #[arg(long, value_name = "URL", requires = "admin_token_file", conflicts_with = "registry_table")]
     admin_url: Option<String>,
     /// File holding the admin API's bearer token.
     #[arg(long, value_name = "FILE")]
