@@ -160,6 +160,26 @@ fn digest_of(bytes: &[u8]) -> String {
     offerd::engine::digest(bytes)
 }
 
+/// Where an output came from: (shard, sequence number).
+fn source(o: &Value) -> (String, Seq) {
+    (o["source"]["shard_id"].as_str().unwrap().to_owned(), seq(o))
+}
+
+/// Every landed record came out exactly once.
+fn assert_each_once(offers: &[Value], landed: &[(String, Seq)]) {
+    let mut seen: HashMap<(String, Seq), usize> = HashMap::new();
+    for o in offers {
+        *seen.entry(source(o)).or_default() += 1;
+    }
+    assert_eq!(seen.len(), landed.len(), "every record came out");
+    assert!(seen.values().all(|n| *n == 1), "no record twice");
+}
+
+/// europe's outputs of the records in `inputs`.
+fn europe_outputs_of<'a>(offers: &'a [Value], inputs: &HashSet<(String, Seq)>) -> Vec<&'a Value> {
+    offers.iter().filter(|o| o["region"] == "europe" && inputs.contains(&source(o))).collect()
+}
+
 /// Every region at revision 1 with `module`, published through the CLI.
 fn publish_everywhere(k: &Kinesis, place: &Place, module: &Path) {
     for region in ["europe", "north-america", "south-america", "asia-pacific", "middle-east-africa"] {
@@ -287,12 +307,7 @@ async fn a_fleet_follows_publications_and_rollbacks_through_one_registry() {
     let landed: Vec<(String, Seq)> = producer.await.unwrap();
     let (offers, dead) = k.wait_for(&s.output, &s.dlq, landed.len()).await;
     assert!(dead.is_empty(), "{dead:?}");
-    let mut seen: HashMap<(String, Seq), usize> = HashMap::new();
-    for o in &offers {
-        *seen.entry((o["source"]["shard_id"].as_str().unwrap().to_owned(), seq(o))).or_default() += 1;
-    }
-    assert_eq!(seen.len(), landed.len(), "every record came out");
-    assert!(seen.values().all(|n| *n == 1), "no record twice");
+    assert_each_once(&offers, &landed);
     let runs = digest_runs(&offers, "europe");
     for (shard, runs) in &runs {
         let allowed = [vec![d1.clone(), d2.clone()], vec![d1.clone()], vec![d2.clone()]];
@@ -309,11 +324,7 @@ async fn a_fleet_follows_publications_and_rollbacks_through_one_registry() {
     let before = k.read_all(&s.output).await.len();
     let after_rollback: HashSet<(String, Seq)> = k.put(&s.input, &round(99)).await.into_iter().collect();
     let (offers, _) = k.wait_for(&s.output, &s.dlq, before + after_rollback.len()).await;
-    let newest: Vec<&Value> = offers
-        .iter()
-        .filter(|o| o["region"] == "europe")
-        .filter(|o| after_rollback.contains(&(o["source"]["shard_id"].as_str().unwrap().to_owned(), seq(o))))
-        .collect();
+    let newest = europe_outputs_of(&offers, &after_rollback);
     assert_eq!(newest.len(), 4, "the round's four europe sign-ups");
     assert!(newest.iter().all(|o| o["rule"]["digest"] == d1), "served by v1 after the roll-back");
     // Per shard: v1, then v2, then v1 again at most; never back and forth.
@@ -605,20 +616,11 @@ async fn a_registry_outage_stops_nothing_and_a_restart_during_one_serves_what_se
     let landed: Vec<(String, Seq)> = producer.await.unwrap();
     let (offers, dead) = k.wait_for(&s.output, &s.dlq, landed.len()).await;
     assert!(dead.is_empty(), "{dead:?}");
-    let mut seen: HashMap<(String, Seq), usize> = HashMap::new();
-    for o in &offers {
-        *seen.entry((o["source"]["shard_id"].as_str().unwrap().to_owned(), seq(o))).or_default() += 1;
-    }
-    assert_eq!(seen.len(), landed.len(), "every record came out");
-    assert!(seen.values().all(|n| *n == 1), "no record twice");
+    assert_each_once(&offers, &landed);
     // Put after the swap: v2's.
     let after: HashSet<(String, Seq)> = k.put(&s.input, &round(150)).await.into_iter().collect();
     let (offers, _) = k.wait_for(&s.output, &s.dlq, landed.len() + after.len()).await;
-    let europe: Vec<&Value> = offers
-        .iter()
-        .filter(|o| o["region"] == "europe")
-        .filter(|o| after.contains(&(o["source"]["shard_id"].as_str().unwrap().to_owned(), seq(o))))
-        .collect();
+    let europe = europe_outputs_of(&offers, &after);
     assert_eq!(europe.len(), 4);
     assert!(europe.iter().all(|o| o["rule"]["digest"] == d2), "v2 serves after the outage");
     worker.stop();
@@ -630,11 +632,7 @@ async fn a_registry_outage_stops_nothing_and_a_restart_during_one_serves_what_se
     wait_for_health(&metrics, "degraded after a restart", |b| b.contains("degraded"));
     let last_round: HashSet<(String, Seq)> = k.put(&s.input, &round(100)).await.into_iter().collect();
     let (offers, _) = k.wait_for(&s.output, &s.dlq, landed.len() + after.len() + last_round.len()).await;
-    let europe: Vec<&Value> = offers
-        .iter()
-        .filter(|o| o["region"] == "europe")
-        .filter(|o| last_round.contains(&(o["source"]["shard_id"].as_str().unwrap().to_owned(), seq(o))))
-        .collect();
+    let europe = europe_outputs_of(&offers, &last_round);
     assert_eq!(europe.len(), 4);
     assert!(europe.iter().all(|o| o["rule"]["digest"] == d2), "the revision served before the restart");
     worker.stop();
