@@ -365,27 +365,7 @@ impl Rollout {
     /// # Errors
     /// The gate refused it; the active rules keep serving.
     pub fn publish(&self, region: &str, bytes: Vec<u8>, origin: Origin) -> Result<Arc<Active>, Refused> {
-        let started = Instant::now();
-        let _gating = self.gating.lock().expect("the gating lock is never held across a panic");
-        if !self.history().contains_key(region) {
-            return Err(Refused::UnknownRegion(region.to_owned()));
-        }
-        let digest = digest(&bytes);
-        // Publishing what already serves is a no-op (the watcher also sees
-        // the store writes of the API and of rollbacks).
-        if let Some(active) = self.enricher.active(region).filter(|a| a.rules.module().info().digest == digest) {
-            return Ok(active);
-        }
-        let bytes: Arc<[u8]> = bytes.into();
-        let result = self.gated(region, &bytes, None).and_then(|rules| {
-            if origin == Origin::AdminApi {
-                self.store
-                    .install(region, &bytes)
-                    .map_err(|e| Refused::Io(format!("installing {region}.wasm: {e}")))?;
-            }
-            Ok(rules)
-        });
-        self.settle(region, started, result, bytes, digest, origin)
+        self.gate_and_activate(region, bytes.into(), None, origin)
     }
 
     /// Gates `bytes` with `catalog` for `region` and, if they pass, makes
@@ -394,28 +374,41 @@ impl Rollout {
     ///
     /// # Errors
     /// The gate refused it; the active rules keep serving.
-    pub fn apply(&self, region: &str, bytes: Vec<u8>, catalog: RegionCatalog) -> Result<Arc<Active>, Refused> {
+    pub fn apply(&self, region: &str, bytes: Arc<[u8]>, catalog: RegionCatalog) -> Result<Arc<Active>, Refused> {
+        self.gate_and_activate(region, bytes, Some(catalog), Origin::Registry)
+    }
+
+    /// Gates `bytes` with `catalog` (or the one serving) and activates them,
+    /// or keeps the refusal.
+    fn gate_and_activate(
+        &self,
+        region: &str,
+        bytes: Arc<[u8]>,
+        catalog: Option<RegionCatalog>,
+        origin: Origin,
+    ) -> Result<Arc<Active>, Refused> {
         let started = Instant::now();
         let _gating = self.gating.lock().expect("the gating lock is never held across a panic");
         if !self.history().contains_key(region) {
             return Err(Refused::UnknownRegion(region.to_owned()));
         }
         let digest = digest(&bytes);
-        let bytes: Arc<[u8]> = bytes.into();
-        let result = self.gated(region, &bytes, Some(catalog));
-        self.settle(region, started, result, bytes, digest, Origin::Registry)
-    }
-
-    /// Activates what passed the gate, or keeps the refusal.
-    fn settle(
-        &self,
-        region: &str,
-        started: Instant,
-        result: Result<RegionRules, Refused>,
-        bytes: Arc<[u8]>,
-        digest: String,
-        origin: Origin,
-    ) -> Result<Arc<Active>, Refused> {
+        // Publishing the module that already serves, with its catalog, is a
+        // no-op (the watcher also sees the store writes of the API and of
+        // rollbacks). A new catalog makes a new pair.
+        if catalog.is_none()
+            && let Some(active) = self.enricher.active(region).filter(|a| a.rules.module().info().digest == digest)
+        {
+            return Ok(active);
+        }
+        let result = self.gated(region, &bytes, catalog).and_then(|rules| {
+            if origin == Origin::AdminApi {
+                self.store
+                    .install(region, &bytes)
+                    .map_err(|e| Refused::Io(format!("installing {region}.wasm: {e}")))?;
+            }
+            Ok(rules)
+        });
         self.metrics.gate_seconds(started.elapsed().as_secs_f64());
         let mut history = self.history();
         let entry = history.get_mut(region).expect("regions are fixed at start-up");

@@ -112,23 +112,31 @@ fn offerd_cli(k: &Kinesis, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_offerd-cli")).args(args).envs(env(k)).env("OFFERD_LOG", "warn").output().unwrap()
 }
 
-/// A worker following the registry at `place`, sharing `s` through the
-/// lease table `leases`.
-fn worker(k: &Kinesis, s: &Streams, place: &Place, leases: &str, id: &str, state: &Path, extra: &[&str]) -> Offerd {
+/// `offerd run` on `s` following the registry at `place` (polled every
+/// 200 ms) with its state in `state`, without checkpoint settings.
+fn follower_command(k: &Kinesis, s: &Streams, place: &Place, state: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_offerd-cli"));
     command
         .args(["run", "--input-stream", &s.input, "--output-stream", &s.output, "--dead-letter-stream", &s.dlq])
         .arg("--catalogs")
         .arg(catalogs())
         .args(place.args())
-        .args(["--registry-poll-ms", "200", "--registry-state"])
+        .args(["--registry-poll-ms", "200", "--batch-size", "20", "--registry-state"])
         .arg(state)
-        .args(["--lease-table", leases, "--worker-id", id, "--batch-size", "20"])
-        .args(["--lease-duration-ms", "2000", "--lease-renew-ms", "250"])
-        .args(extra)
         .envs(env(k))
         .env("OFFERD_LOG", std::env::var("OFFERD_TEST_LOG").as_deref().unwrap_or("warn"))
         .stdout(Stdio::null());
+    command
+}
+
+/// A worker following the registry at `place`, sharing `s` through the
+/// lease table `leases`.
+fn worker(k: &Kinesis, s: &Streams, place: &Place, leases: &str, id: &str, state: &Path, extra: &[&str]) -> Offerd {
+    let mut command = follower_command(k, s, place, state);
+    command
+        .args(["--lease-table", leases, "--worker-id", id])
+        .args(["--lease-duration-ms", "2000", "--lease-renew-ms", "250"])
+        .args(extra);
     Offerd(Some(command.spawn().unwrap()))
 }
 
@@ -561,22 +569,13 @@ async fn a_registry_outage_stops_nothing_and_a_restart_during_one_serves_what_se
     let checkpoints = dir.path().join("checkpoints.json");
     let metrics = super::stream::free_addr();
     let start = |state: &Path| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_offerd-cli"));
+        let mut command = follower_command(&k, &s, &place, state);
         command
-            .args(["run", "--input-stream", &s.input, "--output-stream", &s.output, "--dead-letter-stream", &s.dlq])
-            .arg("--catalogs")
-            .arg(catalogs())
-            .args(place.args())
-            .args(["--registry-poll-ms", "200", "--batch-size", "20", "--metrics-addr", &metrics])
-            .arg("--registry-state")
-            .arg(state)
+            .args(["--metrics-addr", &metrics])
             .arg("--checkpoints")
             .arg(&checkpoints)
-            .envs(env(&k))
             .env("AWS_ENDPOINT_URL_DYNAMODB", &dynamodb.endpoint)
             .env("AWS_ENDPOINT_URL_S3", &s3.endpoint)
-            .env("OFFERD_LOG", std::env::var("OFFERD_TEST_LOG").as_deref().unwrap_or("warn"))
-            .stdout(Stdio::null())
             .stderr(Stdio::piped());
         command
     };

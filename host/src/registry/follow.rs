@@ -261,7 +261,7 @@ impl Follower {
         let region = &state.region;
         let current = &state.current;
         let limit = self.rollout.max_module_bytes() as u64;
-        let module = self.fetch(ObjectKind::Module, &current.module, limit).await?;
+        let module: Arc<[u8]> = self.fetch(ObjectKind::Module, &current.module, limit).await?.into();
         let catalog_bytes = self.fetch(ObjectKind::Catalog, &current.catalog, MAX_CATALOG_BYTES).await?;
         let label = std::path::PathBuf::from(format!("{region}.toml ({})", current.catalog));
         let catalog =

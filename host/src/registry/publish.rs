@@ -100,10 +100,11 @@ pub async fn publish(
     let refused = |refused: Refused| PublishError::Refused { region: region.clone(), refused };
     let parsed = catalogs.parse_region(&region, &catalog_file, &catalog).map_err(|e| refused(e.into()))?;
     // Compiling and gating run module code: off the async threads.
-    let gated = {
-        let (engine, module, cases) = (engine.clone(), module.clone(), cases.to_vec());
+    let (gated, module) = {
+        let (engine, cases) = (engine.clone(), cases.to_vec());
         tokio::task::spawn_blocking(move || {
-            rollout::gate(&engine, &module, Arc::new(parsed), &cases).map(|rules| rules.module().info().clone())
+            let gated = rollout::gate(&engine, &module, Arc::new(parsed), &cases);
+            (gated.map(|rules| rules.module().info().clone()), module)
         })
         .await
         .map_err(|e| PublishError::Invalid(format!("the gate panicked: {e}")))?
