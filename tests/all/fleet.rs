@@ -18,6 +18,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::Value;
 
 use super::catalogs;
+use super::proxy::Proxy;
 use super::rollout::{digest_runs, round};
 use super::stream::{DEADLINE, Kinesis, Offerd, Seq, Streams, seq, streams};
 
@@ -484,42 +485,6 @@ async fn the_aws_registry_checks_digests_caps_conditions_and_items() {
     let s3 = s3().await;
     let err = offerd::registry::aws::AwsRegistry::open(location, dynamodb().await, s3).await.err().unwrap();
     assert!(err.to_string().contains("\"no-such-bucket\" does not exist"), "{err}");
-}
-
-/// A TCP proxy on loopback that can be cut: while cut, new connections are
-/// closed at once and open ones are dropped, as a server gone away.
-struct Proxy {
-    endpoint: String,
-    cut: tokio::sync::watch::Sender<bool>,
-}
-
-impl Proxy {
-    async fn to(upstream: &str) -> Proxy {
-        let upstream = upstream.trim_start_matches("http://").to_owned();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let (cut, cutting) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if *cutting.borrow() {
-                    continue;
-                }
-                let (upstream, mut cutting) = (upstream.clone(), cutting.clone());
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cutting.wait_for(|cut| *cut) => {}
-                    }
-                });
-            }
-        });
-        Proxy { endpoint, cut }
-    }
-
-    fn set_cut(&self, cut: bool) {
-        self.cut.send_replace(cut);
-    }
 }
 
 /// `/healthz`'s body, once something listens.

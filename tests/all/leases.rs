@@ -7,11 +7,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
+use super::proxy::Proxy;
 use super::stream::{
     DEADLINE, Kinesis, Offerd, Seq, Streams, rounds_around_split_and_merge, rounds_by_user, seq, signup, streams,
 };
@@ -23,10 +25,14 @@ fn dynamodb_endpoint() -> String {
 }
 
 async fn dynamodb() -> aws_sdk_dynamodb::Client {
+    dynamodb_at(&dynamodb_endpoint()).await
+}
+
+async fn dynamodb_at(endpoint: &str) -> aws_sdk_dynamodb::Client {
     let creds = aws_sdk_dynamodb::config::Credentials::new("test", "secret", None, None, "test");
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(dynamodb_endpoint())
+        .endpoint_url(endpoint)
         .credentials_provider(creds)
         .load()
         .await;
@@ -52,11 +58,26 @@ fn worker(
     extra: &[&str],
     log: Option<&Path>,
 ) -> Offerd {
+    worker_at(&dynamodb_endpoint(), k, s, table, id, modules, extra, log)
+}
+
+/// [`worker`], reaching DynamoDB at `dynamodb`.
+#[allow(clippy::too_many_arguments)]
+fn worker_at(
+    dynamodb: &str,
+    k: &Kinesis,
+    s: &Streams,
+    table: &str,
+    id: &str,
+    modules: &Path,
+    extra: &[&str],
+    log: Option<&Path>,
+) -> Offerd {
     let mut command = k.offerd_command(s, modules, &catalogs());
     command
         .args(["--lease-table", table, "--worker-id", id, "--batch-size", "50"])
         .args(if extra.is_empty() { &["--lease-duration-ms", "2000", "--lease-renew-ms", "250"][..] } else { extra })
-        .env("AWS_ENDPOINT_URL_DYNAMODB", dynamodb_endpoint());
+        .env("AWS_ENDPOINT_URL_DYNAMODB", dynamodb);
     if let Some(log) = log {
         command.env("OFFERD_LOG", "info").stderr(Stdio::from(std::fs::File::create(log).unwrap()));
     }
@@ -238,47 +259,90 @@ async fn a_killed_workers_shards_are_taken_over_and_nothing_is_lost() {
     b.stop_with("TERM");
 }
 
-/// A worker paused (SIGSTOP) past its lease loses it to another; resumed,
-/// it learns it lost it, and cannot checkpoint those shards any more: the
-/// checkpoints are the other worker's, and every record comes out.
+/// A worker paused (SIGSTOP) with a batch read and not yet written loses
+/// its leases to another, which gets further ahead. Resumed, it learns it
+/// lost them and writes no checkpoint: the table's checkpoints stay exactly
+/// the other worker's (without fencing, its stale checkpoint would move
+/// them back to its batch), and every record comes out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_worker_is_fenced_off_its_shards() {
     let (k, db, table) = (Kinesis::new().await, dynamodb().await, fresh_table());
     let s = streams(&k, 2).await;
     let store = store_with("reference");
     let log = tempfile::NamedTempFile::new().unwrap();
-    let a = worker(&k, &s, &table, "a", store.path(), &[], Some(log.path()));
+    let metrics = super::stream::free_addr();
+    let a_flags = [
+        "--lease-duration-ms",
+        "2000",
+        "--lease-renew-ms",
+        "250",
+        "--batch-window-ms",
+        "5000",
+        "--metrics-addr",
+        &metrics,
+    ];
+    let a = worker(&k, &s, &table, "a", store.path(), &a_flags, Some(log.path()));
     wait_for_leases(&db, &table, "a holds both", |l| held(l).get("a") == Some(&2)).await;
     let mut inputs = k.put(&s.input, &round(0, 100)).await;
     k.wait_for(&s.output, &s.dlq, 100).await;
 
+    // Round 1 read by a, and held in its 5 s batch window when it stops.
+    inputs.extend(k.put(&s.input, &round(1, 100)).await);
+    let deadline = Instant::now() + DEADLINE;
+    while records_read(&metrics) < 200.0 {
+        assert!(Instant::now() < deadline, "a never read round 1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     a.signal("STOP");
     let b = worker(&k, &s, &table, "b", store.path(), &[], None);
     wait_for_leases(&db, &table, "b took both from the paused a", |l| held(l).get("b") == Some(&2)).await;
-    inputs.extend(k.put(&s.input, &round(1, 100)).await);
-    k.wait_for(&s.output, &s.dlq, 200).await;
-    let before = leases(&db, &table).await;
+    inputs.extend(k.put(&s.input, &round(2, 100)).await);
+    assert_eq!(duplicates_once_all_out(&k, &s, &inputs).await, 0);
+    let mut last: BTreeMap<&str, &Seq> = BTreeMap::new();
+    for (shard, seq) in &inputs {
+        let at = last.entry(shard.as_str()).or_insert(seq);
+        *at = (*at).max(seq);
+    }
+    let before = wait_for_leases(&db, &table, "b checkpointed its last record of each shard", |l| {
+        last.iter().all(|(shard, (_, seq))| {
+            l.get(*shard).is_some_and(|(owner, at)| owner.as_deref() == Some("b") && at == seq)
+        })
+    })
+    .await;
+
     a.signal("CONT");
-    // a finds out at its first renewal: both leases lost.
+    // a finds out at its first renewal, and its shards stop without writing.
     let deadline = Instant::now() + DEADLINE;
-    while std::fs::read_to_string(log.path()).unwrap().matches("lease lost").count() < 2 {
-        assert!(Instant::now() < deadline, "a never noticed: {}", std::fs::read_to_string(log.path()).unwrap());
+    while std::fs::read_to_string(log.path()).unwrap().matches("lease lost;").count() < 2
+        || super::stream::metric_value(&metrics, "offerd_shards_reading") != 0.0
+    {
+        assert!(Instant::now() < deadline, "a never stopped: {}", std::fs::read_to_string(log.path()).unwrap());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    inputs.extend(k.put(&s.input, &round(2, 100)).await);
-    duplicates_once_all_out(&k, &s, &inputs).await;
-    // a may take one lease back to balance, but from b's checkpoint on: no
-    // checkpoint went backwards.
+    // a may take a lease back since, to balance (by a hand-off from b, at
+    // b's checkpoint): the checkpoints are b's still.
+    let checkpoints = |l: &BTreeMap<String, (Option<String>, String)>| {
+        l.iter().map(|(shard, (_, at))| (shard.clone(), at.clone())).collect::<BTreeMap<_, _>>()
+    };
     let after = leases(&db, &table).await;
-    for (shard, (_, checkpoint)) in &before {
-        let now = &after[shard].1;
-        assert!(
-            (now.len(), now) >= (checkpoint.len(), checkpoint),
-            "{shard}: checkpoint went back from {checkpoint} to {now}"
-        );
-    }
+    assert_eq!(checkpoints(&after), checkpoints(&before), "a stale worker moved a checkpoint");
+
+    inputs.extend(k.put(&s.input, &round(3, 100)).await);
+    duplicates_once_all_out(&k, &s, &inputs).await;
     b.stop_with("TERM");
     a.stop_with("TERM");
+}
+
+/// Records read so far by the worker serving metrics at `addr`, over all shards.
+fn records_read(addr: &str) -> f64 {
+    if std::net::TcpStream::connect(addr).is_err() {
+        return 0.0;
+    }
+    let (_, text) = super::stream::http_get(addr, "/metrics");
+    text.lines()
+        .filter(|l| l.starts_with("offerd_records_read_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A lease table written by a Kinesis Client Library application (its
@@ -469,4 +533,215 @@ async fn a_checkpoint_after_a_renewal_whose_answer_was_lost_is_written() {
     assert!(matches!(stale, Err(LeaseError::Lost(_))), "{stale:?}");
     let stored = table.scan().await.unwrap().into_iter().find(|l| l.key == lease.key).unwrap();
     assert_eq!((stored.checkpoint.as_str(), stored.owner.as_deref()), (position, Some("w2")));
+}
+
+/// A lease of a shard nobody holds, at the trim horizon.
+fn unheld(key: String) -> offerd::stream::lease::Lease {
+    offerd::stream::lease::Lease {
+        key,
+        owner: None,
+        counter: 0,
+        checkpoint: "TRIM_HORIZON".into(),
+        sub_sequence: 0,
+        owner_switches: 0,
+        parents: Vec::new(),
+        children: Vec::new(),
+        hash_keys: None,
+        start_timestamp_ms: None,
+        handoff_to: None,
+    }
+}
+
+/// How long a worker must keep every lease it took on a cold start.
+const HOLD: Duration = Duration::from_secs(60);
+
+/// One worker (the library's lease loop, offerd's defaults: 3 s leases
+/// renewed every second, its SDK timeouts) takes 256 unheld leases through
+/// a link that adds `delay` to every call, and then loses none of them for
+/// [`HOLD`]. Before renewal ran apart from taking, the round that took them
+/// (256 takes one after another) outlasted the lease duration and the worker
+/// dropped them all.
+async fn a_cold_start_on_256_leases_loses_none(delay: Duration) -> Duration {
+    use offerd::stream::lease::{LeaseSettings, LeaseTable, Leases};
+
+    let (duration, renew_every) = (Duration::from_secs(3), Duration::from_secs(1));
+    let name = fresh_table();
+    let direct = LeaseTable::open(dynamodb().await, &name).await.unwrap();
+    let keys: Vec<String> = (0..256).map(|i| format!("shardId-{i:012}")).collect();
+    for key in &keys {
+        assert!(direct.create(&unheld(key.clone())).await.unwrap());
+    }
+    let proxy = Proxy::delaying(&dynamodb_endpoint(), delay).await;
+    let timeouts = aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
+        .operation_timeout(duration / 2)
+        .operation_attempt_timeout(renew_every)
+        .build();
+    let client = aws_sdk_dynamodb::Client::from_conf(
+        dynamodb_at(&proxy.endpoint).await.config().to_builder().timeout_config(timeouts).build(),
+    );
+    let settings = LeaseSettings {
+        table: name.clone(),
+        worker_id: "w".into(),
+        duration,
+        renew_every,
+        finished_retention: Duration::from_secs(60),
+    };
+    let leases = Arc::new(Leases::new(
+        LeaseTable::open(client, &name).await.unwrap(),
+        &settings,
+        Arc::new(offerd::metrics::Metrics::default()),
+    ));
+    let (_stopping, stopping) = tokio::sync::watch::channel(false);
+    let (end, ending) = tokio::sync::watch::channel(false);
+    let started = Instant::now();
+    let maintaining = tokio::spawn(leases.clone().maintain(stopping, ending));
+    let deadline = Instant::now() + DEADLINE;
+    let epochs: Vec<u64> = loop {
+        if let Some(epochs) = keys.iter().map(|k| leases.epoch(k)).collect::<Option<Vec<u64>>>() {
+            break epochs;
+        }
+        let held = keys.iter().filter(|k| leases.epoch(k).is_some()).count();
+        assert!(Instant::now() < deadline, "{held} of 256 leases taken");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = started.elapsed();
+    let holding = Instant::now();
+    while holding.elapsed() < HOLD {
+        for (key, epoch) in keys.iter().zip(&epochs) {
+            assert_eq!(leases.epoch(key), Some(*epoch), "{key} lost {:?} after all were taken", holding.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    end.send_replace(true);
+    maintaining.await.unwrap();
+    let owners = direct.scan().await.unwrap();
+    assert!(owners.iter().all(|l| l.owner.as_deref() == Some("w")), "{owners:?}");
+    took
+}
+
+/// 256 leases taken on a cold start, directly and with 20 ms added to
+/// every DynamoDB call (side by side, to keep the suite's time): none is
+/// lost over a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_start_on_256_leases_loses_none_even_with_20_ms_added_to_every_call() {
+    let (direct, slow) = tokio::join!(
+        a_cold_start_on_256_leases_loses_none(Duration::ZERO),
+        a_cold_start_on_256_leases_loses_none(Duration::from_millis(20)),
+    );
+    eprintln!("256 leases taken in {direct:?} directly, {slow:?} with 20 ms per call");
+}
+
+/// Three workers under load lose the lease table for 30 s: renewals fail,
+/// checkpoints wait, records already read are written once. When it returns
+/// every worker still holds its own leases (no lease looks expired to a
+/// worker that could not see it either), and nothing is lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_30_s_lease_table_outage_under_load_moves_no_lease_and_loses_nothing() {
+    let (k, db, table) = (Kinesis::new().await, dynamodb().await, fresh_table());
+    let s = streams(&k, 6).await;
+    let store = store_with("reference");
+    let proxy = Proxy::to(&dynamodb_endpoint()).await;
+    let workers: Vec<Offerd> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|id| worker_at(&proxy.endpoint, &k, &s, &table, id, store.path(), &[], None))
+        .collect();
+    let mut inputs = k.put(&s.input, &round(0, 120)).await;
+    let before = wait_for_leases(&db, &table, "3 workers with 2 leases each", |l| {
+        l.len() == 6 && held(l).len() == 3 && held(l).values().all(|n| *n == 2)
+    })
+    .await;
+    assert_eq!(duplicates_once_all_out(&k, &s, &inputs).await, 0, "balancing at start-up repeated records");
+
+    let outage = Duration::from_secs(30);
+    let feeding = {
+        let (k, input) = (k.clone(), s.input.clone());
+        tokio::spawn(async move {
+            let mut landed = Vec::new();
+            let until = Instant::now() + outage + Duration::from_secs(5);
+            let mut r = 1;
+            while Instant::now() < until {
+                landed.extend(k.put(&input, &round(r, 12)).await);
+                r += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            landed
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.set_cut(true);
+    tokio::time::sleep(outage).await;
+    proxy.set_cut(false);
+    let restored = Instant::now();
+    inputs.extend(feeding.await.unwrap());
+    let repeats = duplicates_once_all_out(&k, &s, &inputs).await;
+    let steady = restored.elapsed();
+    let after = leases(&db, &table).await;
+    let moved = before.iter().filter(|(shard, (owner, _))| after[*shard].0 != *owner).count();
+    eprintln!(
+        "after a {outage:?} outage: {moved} of 6 leases moved, {repeats} of {} records repeated, \
+         every record out {steady:?} after the table returned",
+        inputs.len()
+    );
+    assert_eq!(moved, 0, "leases moved: before {before:?}, after {after:?}");
+    assert_eq!(repeats, 0, "records repeated with no lease moved");
+    for w in workers {
+        w.stop_with("TERM");
+    }
+}
+
+/// A shard reader left over from an earlier acquisition of a lease (lost,
+/// then taken again by the same worker) cannot checkpoint under the newer
+/// one: every checkpoint carries the acquisition it was read under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_from_an_earlier_acquisition_of_the_lease_is_refused() {
+    use offerd::stream::checkpoint::{Checkpoint, CheckpointStore};
+    use offerd::stream::lease::{LeaseError, LeaseSettings, LeaseTable, Leases};
+
+    let name = fresh_table();
+    let direct = LeaseTable::open(dynamodb().await, &name).await.unwrap();
+    let key = "shardId-000000000000".to_owned();
+    assert!(direct.create(&unheld(key.clone())).await.unwrap());
+    let settings = LeaseSettings {
+        table: name.clone(),
+        worker_id: "w1".into(),
+        duration: Duration::from_secs(1),
+        renew_every: Duration::from_millis(250),
+        finished_retention: Duration::from_secs(60),
+    };
+    let metrics = Arc::new(offerd::metrics::Metrics::default());
+    let leases = Arc::new(Leases::new(LeaseTable::open(dynamodb().await, &name).await.unwrap(), &settings, metrics));
+    let (_stopping, stopping) = tokio::sync::watch::channel(false);
+    let (end, ending) = tokio::sync::watch::channel(false);
+    let maintaining = tokio::spawn(leases.clone().maintain(stopping, ending));
+    let acquisition = |what: &str, done: &dyn Fn(Option<u64>) -> bool| {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let epoch = leases.epoch(&key);
+            if done(epoch) {
+                return epoch;
+            }
+            assert!(Instant::now() < deadline, "{what}: never happened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let first = tokio::task::block_in_place(|| acquisition("taken", &|e| e.is_some())).unwrap();
+    // Taken by w2, which then goes silent: w1 loses it, then takes it again once it expires.
+    let stolen = direct.scan().await.unwrap().into_iter().find(|l| l.key == key).unwrap();
+    direct.take(&stolen, "w2").await.unwrap();
+    let second =
+        tokio::task::block_in_place(|| acquisition("taken again", &|e| e.is_some_and(|e| e != first))).unwrap();
+
+    let write = |epoch: u64, at: &str| {
+        let (leases, key, at) = (leases.clone(), key.clone(), Checkpoint::At(at.to_owned()));
+        tokio::task::spawn_blocking(move || leases.set(&key, Some(epoch), &at))
+    };
+    let stale = write(first, "49660000000000000000000000000000000000000000000000000001").await.unwrap();
+    let err = stale.expect_err("a checkpoint under the first acquisition was written");
+    assert!(matches!(err.downcast_ref(), Some(LeaseError::Lost(_))), "{err:#}");
+    let current = "49660000000000000000000000000000000000000000000000000002";
+    write(second, current).await.unwrap().unwrap();
+    end.send_replace(true);
+    maintaining.await.unwrap();
+    let stored = direct.scan().await.unwrap().into_iter().find(|l| l.key == key).unwrap();
+    assert_eq!(stored.checkpoint, current);
 }

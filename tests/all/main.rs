@@ -8,6 +8,7 @@ mod cli_wit;
 mod engine;
 mod fleet;
 mod leases;
+mod proxy;
 mod registry;
 mod rollout;
 mod rule_author;

@@ -49,11 +49,15 @@ pub trait CheckpointStore: Send + Sync {
         None
     }
 
-    /// Records `checkpoint`, durably, before returning.
+    /// Records `checkpoint`, durably, before returning. `epoch` is the lease
+    /// acquisition the shard's reader started under (with leases): a store
+    /// of leases refuses a write under any other, so a reader left over from
+    /// an earlier acquisition can never move the checkpoint of a newer one.
     ///
     /// # Errors
-    /// The checkpoint could not be made durable.
-    fn set(&self, shard_id: &str, checkpoint: &Checkpoint) -> anyhow::Result<()>;
+    /// The checkpoint could not be made durable, or the lease is not held
+    /// under `epoch` ([`super::lease::LeaseError::Lost`]).
+    fn set(&self, shard_id: &str, epoch: Option<u64>, checkpoint: &Checkpoint) -> anyhow::Result<()>;
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -122,7 +126,7 @@ impl CheckpointStore for FileCheckpoints {
         state.shards.get(shard_id).map(|stored| Checkpoint::parse(stored))
     }
 
-    fn set(&self, shard_id: &str, checkpoint: &Checkpoint) -> anyhow::Result<()> {
+    fn set(&self, shard_id: &str, _epoch: Option<u64>, checkpoint: &Checkpoint) -> anyhow::Result<()> {
         let _writing = self.writing.lock().expect("checkpoint write lock is never held across a panic");
         // Serialised under the write lock: the last write holds every shard's newest.
         let bytes = {
@@ -145,10 +149,10 @@ mod tests {
         let store = FileCheckpoints::open(&path, "signups").unwrap();
         let at = |s: &str| Checkpoint::At(s.to_owned());
         assert_eq!(store.get("shardId-0"), None);
-        store.set("shardId-0", &at("49")).unwrap();
-        store.set("shardId-1", &at("50")).unwrap();
-        store.set("shardId-0", &at("51")).unwrap();
-        store.set("shardId-2", &Checkpoint::ShardEnd).unwrap();
+        store.set("shardId-0", None, &at("49")).unwrap();
+        store.set("shardId-1", None, &at("50")).unwrap();
+        store.set("shardId-0", None, &at("51")).unwrap();
+        store.set("shardId-2", None, &Checkpoint::ShardEnd).unwrap();
         // Held: a second opener is refused and told the holder's pid.
         let err = FileCheckpoints::open(&path, "signups").err().unwrap().to_string();
         assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
@@ -173,7 +177,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cp.json");
         let store = FileCheckpoints::open(&path, "signups").unwrap();
-        store.set("shardId-0", &Checkpoint::At("49".into())).unwrap();
+        store.set("shardId-0", None, &Checkpoint::At("49".into())).unwrap();
         drop(store);
         let torn = dir.path().join(".cp.json.x1Yz2.tmp");
         std::fs::write(&torn, br#"{"stream": "signups", "shards": {"shardId-0": "5"#).unwrap();
@@ -184,7 +188,7 @@ mod tests {
         assert_eq!(reopened.get("shardId-0"), Some(Checkpoint::At("49".into())));
         assert!(!torn.exists(), "the torn temporary file is removed");
         assert!(other.exists());
-        reopened.set("shardId-0", &Checkpoint::At("51".into())).unwrap();
+        reopened.set("shardId-0", None, &Checkpoint::At("51".into())).unwrap();
         drop(reopened);
         assert_eq!(
             FileCheckpoints::open(&path, "signups").unwrap().get("shardId-0"),

@@ -39,7 +39,7 @@ use checkpoint::{Checkpoint, CheckpointStore};
 use feed::ShardStart;
 use lease::{LeaseError, Leases};
 pub use prepare::{PreparedBatch, prepare};
-use shard::ShardExit;
+use shard::{ShardExit, Stop};
 
 /// Where a shard without a checkpoint starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +92,7 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 /// was lost) or with the others (shutdown).
 struct Running {
     since: Instant,
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<Stop>,
     /// The lease acquisition it reads under (with leases).
     epoch: Option<u64>,
 }
@@ -211,7 +211,7 @@ pub async fn run(
             };
             tracing::info!(shard_id = id, ?start_at, "consuming shard");
             let start = ShardStart { store: store.clone(), shard_id: id.to_owned(), start_at };
-            let (stop, stopped) = watch::channel(false);
+            let (stop, stopped) = watch::channel(Stop::No);
             let (client, config, enricher, store, metrics, sink, consumer_arn) = (
                 client.clone(),
                 config.clone(),
@@ -222,6 +222,7 @@ pub async fn run(
                 consumer_arn.clone(),
             );
             let shard_id = id.to_owned();
+            let epoch = leases.as_ref().and_then(|l| l.epoch(id));
             metrics.shard_started(id);
             tasks.spawn(async move {
                 let feed: Box<dyn feed::Feed> = match consumer_arn {
@@ -252,24 +253,24 @@ pub async fn run(
                     store,
                     metrics,
                     shard_id: shard_id.clone(),
-                    shutdown: stopped,
+                    epoch,
+                    stop: stopped,
                 };
                 (shard_id, reader.run(feed).await)
             });
-            let epoch = leases.as_ref().and_then(|l| l.epoch(id));
             running.insert(id.to_owned(), Running { since: Instant::now(), stop, epoch });
         }
         if let Some(leases) = &leases {
             for (id, shard) in &running {
-                if *shard.stop.borrow() {
-                    continue;
-                }
+                let asked = *shard.stop.borrow();
                 if leases.epoch(id) != shard.epoch {
-                    tracing::info!(shard_id = id, "lease lost (or taken again since): stopping the shard");
-                    shard.stop.send_replace(true);
-                } else if leases.handing_off(id) {
+                    if asked != Stop::Now {
+                        tracing::info!(shard_id = id, "lease lost (or taken again since): stopping the shard now");
+                    }
+                    Stop::ask(&shard.stop, Stop::Now);
+                } else if leases.handing_off(id) && asked == Stop::No {
                     tracing::info!(shard_id = id, "handing the lease over: stopping after the batch in flight");
-                    shard.stop.send_replace(true);
+                    Stop::ask(&shard.stop, Stop::AfterBatch);
                 }
             }
             // Stopped and checkpointed (or never started): over to the worker that asked.
@@ -299,7 +300,7 @@ pub async fn run(
                 // Unrenewed leases would be taken by others while the shards
                 // here go on: stop everything.
                 for shard in running.values() {
-                    shard.stop.send_replace(true);
+                    Stop::ask(&shard.stop, Stop::Now);
                 }
                 anyhow::bail!("the lease maintenance task ended ({ended:?}); stopping");
             }
@@ -357,7 +358,7 @@ pub async fn run(
     }
     metrics.set_ready(false);
     for shard in running.values() {
-        shard.stop.send_replace(true);
+        Stop::ask(&shard.stop, Stop::AfterBatch);
     }
     while let Some(joined) = tasks.join_next().await {
         match joined {

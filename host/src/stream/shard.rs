@@ -11,9 +11,11 @@ use aws_sdk_kinesis::types::Record;
 use tokio::sync::watch;
 
 use super::RunConfig;
+use super::backoff::Backoff;
 use super::checkpoint::{Checkpoint, CheckpointStore};
 use super::feed::{Feed, Read};
 use super::kpl;
+use super::lease::LeaseError;
 use super::prepare::{PreparedBatch, SourceId, dead_letter_key, prepare};
 use super::sink::{self, Entry, PutError, RecordSink, Rejected};
 use crate::enricher::Enricher;
@@ -33,11 +35,48 @@ const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// user record takes 6 bytes of an aggregate, its dead letter hundreds), so
 /// a batch is processed in chunks of whole Kinesis records, each checkpointed.
 const MAX_USER_RECORDS: usize = 10_000;
+/// How long a checkpoint that fails (the store unreachable, throttled) is
+/// retried in place before the shard fails and restarts from its last one.
+/// Retrying in place repeats nothing: the batch is written once, and a
+/// restart would write it again on every attempt.
+const CHECKPOINT_RETRY_BUDGET: Duration = Duration::from_secs(120);
+const CHECKPOINT_RETRY_FIRST: Duration = Duration::from_millis(100);
+const CHECKPOINT_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// What a shard reader is asked to do, by the run loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Stop {
+    /// Keep reading.
+    No,
+    /// Shutdown, or the lease is being handed over: finish the batch in
+    /// flight, write and checkpoint it, then return.
+    AfterBatch,
+    /// The lease was lost: another worker may be reading the shard from its
+    /// checkpoint already, and writes these records in order. Nothing more
+    /// is written here, so no offer comes out after a newer one for the same
+    /// user.
+    Now,
+}
+
+impl Stop {
+    /// Asks `reader` to stop as `how`, unless it was asked for more already
+    /// (a lost lease is never downgraded to a graceful stop).
+    pub(super) fn ask(reader: &watch::Sender<Stop>, how: Stop) {
+        reader.send_if_modified(|asked| {
+            let raise = *asked < how;
+            if raise {
+                *asked = how;
+            }
+            raise
+        });
+    }
+}
 
 /// What became of a batch.
 enum Batch {
     Checkpointed,
-    /// Writes still failing [`SHUTDOWN_GRACE`] after shutdown.
+    /// The lease was lost, or writes were still failing [`SHUTDOWN_GRACE`]
+    /// after shutdown.
     Abandoned,
 }
 
@@ -58,7 +97,10 @@ pub(super) struct ShardReader {
     pub store: Arc<dyn CheckpointStore>,
     pub metrics: Arc<Metrics>,
     pub shard_id: String,
-    pub shutdown: watch::Receiver<bool>,
+    /// The lease acquisition the reader runs under (with leases); every
+    /// checkpoint is written under it.
+    pub epoch: Option<u64>,
+    pub stop: watch::Receiver<Stop>,
 }
 
 impl ShardReader {
@@ -73,23 +115,37 @@ impl ShardReader {
         let mut pending_bytes = 0usize;
         let mut window_closes = Instant::now();
         loop {
-            if *self.shutdown.borrow() {
-                if !pending.is_empty() {
-                    self.process(pending).await?;
+            let stop = *self.stop.borrow();
+            match stop {
+                Stop::No => {}
+                Stop::AfterBatch => {
+                    if !pending.is_empty() {
+                        self.process(pending).await?;
+                    }
+                    return Ok(ShardExit::Stopped);
                 }
-                return Ok(ShardExit::Stopped);
+                Stop::Now => {
+                    if !pending.is_empty() {
+                        tracing::info!(
+                            shard_id = self.shard_id,
+                            records = pending.len(),
+                            "lease lost: dropping records read but not written; the new owner writes them"
+                        );
+                    }
+                    return Ok(ShardExit::Stopped);
+                }
             }
             let room = self.config.batch_size - pending.len();
             let window = (!pending.is_empty()).then_some(window_closes);
-            let mut shutdown = self.shutdown.clone();
+            let mut stop = self.stop.clone();
             let woken = Box::pin(async move {
                 match window {
                     Some(at) => tokio::select! {
                         () = tokio::time::sleep_until(at.into()) => {}
-                        _ = shutdown.changed() => {}
+                        _ = stop.changed() => {}
                     },
                     None => {
-                        let _ = shutdown.changed().await;
+                        let _ = stop.changed().await;
                     }
                 }
             });
@@ -126,14 +182,36 @@ impl ShardReader {
         }
     }
 
-    /// Makes `checkpoint` durable, off the async threads.
+    /// Makes `checkpoint` durable, off the async threads. A failure is
+    /// retried in place for [`CHECKPOINT_RETRY_BUDGET`] (or
+    /// [`SHUTDOWN_GRACE`] once a stop is asked for); a lost lease is not.
     async fn checkpoint(&self, checkpoint: Checkpoint) -> anyhow::Result<()> {
-        let (store, shard_id) = (self.store.clone(), self.shard_id.clone());
-        tokio::task::spawn_blocking(move || store.set(&shard_id, &checkpoint))
-            .await
-            .context("checkpoint task panicked")??;
-        self.metrics.checkpointed(&self.shard_id);
-        Ok(())
+        let mut backoff = Backoff::new(CHECKPOINT_RETRY_FIRST, CHECKPOINT_RETRY_MAX);
+        let mut deadline = Instant::now() + CHECKPOINT_RETRY_BUDGET;
+        let mut stop = self.stop.clone();
+        loop {
+            let (store, shard_id, epoch, at) =
+                (self.store.clone(), self.shard_id.clone(), self.epoch, checkpoint.clone());
+            let written = tokio::task::spawn_blocking(move || store.set(&shard_id, epoch, &at))
+                .await
+                .context("checkpoint task panicked")?;
+            let Err(e) = written else {
+                self.metrics.checkpointed(&self.shard_id);
+                return Ok(());
+            };
+            let lost = e.chain().any(|c| matches!(c.downcast_ref(), Some(LeaseError::Lost(_))));
+            if *stop.borrow() != Stop::No {
+                deadline = deadline.min(Instant::now() + SHUTDOWN_GRACE);
+            }
+            if lost || *stop.borrow() == Stop::Now || Instant::now() >= deadline {
+                return Err(e);
+            }
+            tracing::warn!(shard_id = self.shard_id, error = %format!("{e:#}"), "checkpointing failed; retrying");
+            tokio::select! {
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = stop.wait_for(|s| *s == Stop::Now) => {}
+            }
+        }
     }
 
     /// Processes a batch in chunks of at most [`MAX_USER_RECORDS`] user records.
@@ -171,10 +249,16 @@ impl ShardReader {
         .await
         .context("the enrichment task panicked")?;
         let (n_offers, n_dead) = (prepared.offers.len(), prepared.dead_letters.len());
-        let mut shutdown = self.shutdown.clone();
+        if *self.stop.borrow() == Stop::Now {
+            return Ok(Batch::Abandoned);
+        }
+        let mut stop = self.stop.clone();
         let give_up = async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            let _ = stop.wait_for(|s| *s != Stop::No).await;
+            tokio::select! {
+                () = tokio::time::sleep(SHUTDOWN_GRACE) => {}
+                _ = stop.wait_for(|s| *s == Stop::Now) => {}
+            }
         };
         let mut reasons = prepared.dead_letter_reasons.clone();
         tokio::select! {
@@ -184,7 +268,7 @@ impl ShardReader {
                     shard_id = self.shard_id,
                     offers = n_offers,
                     dead_letters = n_dead,
-                    "writes still failing at shutdown; the batch stays uncheckpointed and is read again on restart"
+                    "lease lost, or writes still failing at shutdown: the batch stays uncheckpointed here, to be read again"
                 );
                 return Ok(Batch::Abandoned);
             }

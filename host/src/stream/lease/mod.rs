@@ -13,6 +13,17 @@
 //! leaving repeats nothing. Only an owner that ignores the request for
 //! [`HANDOFF_PATIENCE`] lease durations (a KCL worker, an older offerd) has
 //! the lease taken from it.
+//!
+//! Renewal runs apart from everything else a worker does with the table:
+//! a scan, a round of takes or deletions, however slow (hundreds of leases,
+//! a throttled or slow table), never delays it, and each lease renews on
+//! its own, so one hung call holds up no other. A worker gives a lease up
+//! only when a write is refused (another worker took it), never because its
+//! own writes failed for a while: during an outage of the table nobody can
+//! take it, and a shard that did move can no longer checkpoint here.
+//! Likewise a worker that could not scan for a while does not count that
+//! time against other workers' leases: after an outage everyone keeps what
+//! they held.
 
 mod balance;
 mod lineage;
@@ -35,6 +46,12 @@ pub use table::{Lease, LeaseError, LeaseTable, SHARD_END};
 /// the lease anyway: well beyond an honest stop (a batch's writes, the
 /// checkpoint), so that a cooperating owner is never overrun.
 const HANDOFF_PATIENCE: u32 = 10;
+/// Most takes, hand-off requests or deletions one round makes: the rest
+/// wait for the next round, so a cold start on hundreds of leases or a
+/// reshard of hundreds of shards never makes one round long.
+const WRITES_PER_ROUND: usize = 64;
+/// Most of those in flight at once.
+const WRITES_AT_ONCE: usize = 16;
 
 /// How a worker takes part.
 #[derive(Debug, Clone)]
@@ -70,6 +87,9 @@ struct Held {
     /// The worker that asked for this lease: the shard stops at its next
     /// batch boundary and the lease goes to it.
     handoff_to: Option<String>,
+    /// Renewals failed in a row: the first is a warning, the rest (every
+    /// quarter renewal period while the table is unreachable) are not.
+    renew_failures: u32,
 }
 
 /// What the maintenance loop remembers between rounds, timed on this
@@ -181,29 +201,131 @@ impl Leases {
         }
     }
 
-    /// Renews every `renew_every`, and scans and takes twice as often (an
-    /// expired lease is seen and taken sooner), until `end` turns true;
-    /// takes nothing more once `stopping` is true.
-    pub async fn maintain(self: Arc<Self>, stopping: watch::Receiver<bool>, mut end: watch::Receiver<bool>) {
+    /// Renews held leases (see [`Self::renew_loop`]) and, every half
+    /// `renew_every`, scans the table and takes (an expired lease is seen and
+    /// taken sooner), until `end` turns true; takes nothing more once
+    /// `stopping` is true.
+    pub async fn maintain(self: Arc<Self>, stopping: watch::Receiver<bool>, end: watch::Receiver<bool>) {
+        tokio::join!(self.renew_loop(end.clone()), self.scan_loop(stopping, end));
+    }
+
+    /// Renews each held lease once `renew_every` is three quarters gone
+    /// since its last write (a checkpoint counts), each on its own: a
+    /// renewal in flight is not started again, and no other waits for it.
+    async fn renew_loop(&self, mut end: watch::Receiver<bool>) {
+        use futures_util::StreamExt;
+        let mut tick = tokio::time::interval(self.renew_every / 4);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renewing = futures_util::stream::FuturesUnordered::new();
+        let mut in_flight: HashSet<String> = HashSet::new();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let due: Vec<String> = self
+                        .held()
+                        .iter()
+                        .filter(|(key, h)| h.renewed.elapsed() >= self.renew_every * 3 / 4 && !in_flight.contains(*key))
+                        .map(|(key, _)| key.clone())
+                        .collect();
+                    for key in due {
+                        in_flight.insert(key.clone());
+                        renewing.push(async move {
+                            self.renew(&key).await;
+                            key
+                        });
+                    }
+                }
+                Some(key) = renewing.next(), if !renewing.is_empty() => {
+                    in_flight.remove(&key);
+                }
+                _ = end.wait_for(|end| *end) => return,
+            }
+        }
+    }
+
+    /// Renews one held lease; drops it only if another worker took it.
+    async fn renew(&self, key: &str) {
+        let Some(writing) = self.held().get(key).map(|h| h.writing.clone()) else { return };
+        let _writing = writing.lock().await;
+        // Read after the lock: a checkpoint may have moved the counter meanwhile.
+        let Some((counter, renewed)) = self.held().get(key).map(|h| (h.counter, h.renewed)) else { return };
+        if renewed.elapsed() < self.renew_every * 3 / 4 {
+            return;
+        }
+        let sent = Instant::now();
+        self.metrics.lease_request("write");
+        let result = self.table.renew(key, &self.me, counter).await;
+        self.metrics.lease_renewal_seconds(sent.elapsed().as_secs_f64());
+        match result {
+            Ok(next) => {
+                if let Some(h) = self.held().get_mut(key) {
+                    if h.renew_failures > 0 {
+                        tracing::info!(shard_id = key, failures = h.renew_failures, "lease renewed again");
+                    }
+                    h.counter = next;
+                    h.renewed = sent;
+                    h.renew_failures = 0;
+                }
+            }
+            Err(LeaseError::Lost(_)) => self.lose(key, "taken by another worker"),
+            Err(LeaseError::Other(e)) => {
+                let failures = self.held().get_mut(key).map_or(0, |h| {
+                    h.renew_failures += 1;
+                    h.renew_failures
+                });
+                // Kept: nobody can take it while the table is unreachable,
+                // and if it did move, the next checkpoint here is refused.
+                let (error, unrenewed_for) = (format!("{e:#}"), renewed.elapsed());
+                if failures == 1 {
+                    tracing::warn!(
+                        shard_id = key,
+                        error,
+                        ?unrenewed_for,
+                        "renewing a lease failed; keeping it and retrying"
+                    );
+                } else {
+                    tracing::debug!(shard_id = key, error, ?unrenewed_for, failures, "renewing a lease failed again");
+                }
+            }
+        }
+    }
+
+    /// Scans the table every half `renew_every`; takes and removes finished
+    /// leases unless `stopping`.
+    async fn scan_loop(&self, stopping: watch::Receiver<bool>, mut end: watch::Receiver<bool>) {
         let mut observed = Observed::default();
         let mut tick = tokio::time::interval(self.renew_every / 2);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_scan: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = end.wait_for(|end| *end) => return,
             }
-            let started = Instant::now();
-            self.renew_all().await;
-            self.metrics.lease_renewal_seconds(started.elapsed().as_secs_f64());
             self.metrics.lease_request("scan");
             let leases = match self.table.scan().await {
                 Ok(leases) => leases,
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "scanning the lease table failed; retrying next round");
+                    if last_scan.is_some_and(|at| at.elapsed() < self.renew_every) {
+                        tracing::warn!(error = %format!("{e:#}"), "scanning the lease table failed; retrying");
+                    } else {
+                        tracing::debug!(error = %format!("{e:#}"), "scanning the lease table failed again");
+                    }
                     continue;
                 }
             };
+            let now = Instant::now();
+            if last_scan.is_some_and(|at| now - at > self.renew_every * 2) {
+                // This worker was blind for a while (the table unreachable, or
+                // this process paused): a counter it did not see move may have
+                // moved, or its owner could not write either. Every owner gets
+                // a whole lease duration from now.
+                tracing::info!(blind_for = ?(now - last_scan.unwrap_or(now)), "the lease table is readable again");
+                observed.counters.values_mut().for_each(|(_, since)| *since = now);
+                observed.requests.values_mut().for_each(|(_, since)| *since = now);
+                observed.asked.values_mut().for_each(|since| *since = now);
+            }
+            last_scan = Some(now);
             *self.seen() = leases.iter().map(|l| (l.key.clone(), l.clone())).collect();
             self.note_handoff_requests(&leases);
             // Only the stream's listed shards take part (all of them until
@@ -212,7 +334,6 @@ impl Leases {
                 let listed = self.listed.lock().expect("the shard list is never held across a panic");
                 leases.into_iter().filter(|l| listed.is_empty() || listed.contains(&l.key)).collect()
             };
-            let now = Instant::now();
             let keys: HashSet<&str> = leases.iter().map(|l| l.key.as_str()).collect();
             observed.counters.retain(|key, _| keys.contains(key.as_str()));
             observed.requests.retain(|key, _| keys.contains(key.as_str()));
@@ -244,42 +365,6 @@ impl Leases {
         }
     }
 
-    /// Renews every held lease at once; drops the ones lost.
-    async fn renew_all(&self) {
-        let keys: Vec<String> = self.held().keys().cloned().collect();
-        let renewals = keys.into_iter().map(|key| async move {
-            let Some(writing) = self.held().get(&key).map(|h| h.writing.clone()) else { return };
-            let _writing = writing.lock().await;
-            // Read after the lock: a checkpoint may have moved the counter meanwhile.
-            let Some((counter, renewed)) = self.held().get(&key).map(|h| (h.counter, h.renewed)) else { return };
-            if renewed.elapsed() > self.duration {
-                // Not renewed for a whole lease duration: another worker
-                // may hold it already.
-                self.lose(&key, "not renewed for a lease duration");
-                return;
-            }
-            if renewed.elapsed() < self.renew_every * 3 / 4 {
-                // Renewed (or checkpointed) within this period already.
-                return;
-            }
-            let sent = Instant::now();
-            self.metrics.lease_request("write");
-            match self.table.renew(&key, &self.me, counter).await {
-                Ok(next) => {
-                    if let Some(h) = self.held().get_mut(&key) {
-                        h.counter = next;
-                        h.renewed = sent;
-                    }
-                }
-                Err(LeaseError::Lost(_)) => self.lose(&key, "taken by another worker"),
-                Err(LeaseError::Other(e)) => {
-                    tracing::warn!(shard_id = key, error = %format!("{e:#}"), "renewing a lease failed; retrying");
-                }
-            }
-        });
-        futures_util::future::join_all(renewals).await;
-    }
-
     fn lose(&self, key: &str, why: &str) {
         if self.held().remove(key).is_some() {
             tracing::warn!(shard_id = key, why, "lease lost; the shard stops here");
@@ -305,18 +390,24 @@ impl Leases {
             .map(|l| l.key.as_str())
             .collect();
         removable.retain(|key, _| ready.contains(key.as_str()));
-        for key in ready {
-            let since = *removable.entry(key.to_owned()).or_insert(now);
-            if since.elapsed() < self.finished_retention {
-                continue;
-            }
-            self.metrics.lease_request("write");
-            match self.table.delete_finished(key).await {
-                Ok(true) => tracing::info!(shard_id = key, "finished parent's lease removed"),
-                Ok(false) => {}
-                Err(e) => tracing::warn!(shard_id = key, error = %format!("{e:#}"), "removing a finished lease failed"),
-            }
+        let due: Vec<&str> = ready
+            .into_iter()
+            .filter(|key| removable.entry((*key).to_owned()).or_insert(now).elapsed() >= self.finished_retention)
+            .take(WRITES_PER_ROUND)
+            .collect();
+        let deletions: Vec<_> = due.iter().map(|key| self.delete_finished(key)).collect();
+        at_most(WRITES_AT_ONCE, deletions).await;
+        for key in due {
             removable.remove(key);
+        }
+    }
+
+    async fn delete_finished(&self, key: &str) {
+        self.metrics.lease_request("write");
+        match self.table.delete_finished(key).await {
+            Ok(true) => tracing::info!(shard_id = key, "finished parent's lease removed"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(shard_id = key, error = %format!("{e:#}"), "removing a finished lease failed"),
         }
     }
 
@@ -370,42 +461,64 @@ impl Leases {
             .collect();
         let ignored: Vec<&Lease> =
             leases.iter().filter(|l| observed.asked.get(&l.key).is_some_and(|at| at.elapsed() > patience)).collect();
-        let mut took = false;
-        for lease in mine_unheld {
-            took |= self.take(lease, "taken").await;
-        }
+        let mut writes: Vec<Write> = mine_unheld.into_iter().map(|l| Write::Take(l, "taken")).collect();
         for lease in balance::to_take(&self.me, leases, &expired, &stale_requests) {
             let live = lease.owner.as_deref().is_some_and(|o| o != self.me) && !expired.contains(lease.key.as_str());
-            if !live {
-                took |= self.take(lease, "taken").await;
-                continue;
-            }
-            let stale = lease.handoff_to.as_deref().filter(|_| stale_requests.contains(lease.key.as_str()));
-            self.metrics.lease_request("write");
-            match self.table.request_handoff(lease, &self.me, stale).await {
-                Ok(()) => {
-                    tracing::info!(shard_id = lease.key, from = lease.owner.as_deref(), "hand-off asked for");
-                    self.metrics.lease_event("handoff_asked");
-                    observed.asked.insert(lease.key.clone(), Instant::now());
-                }
-                Err(LeaseError::Lost(_)) => {
-                    tracing::debug!(shard_id = lease.key, "lease moved before a hand-off was asked")
-                }
-                Err(LeaseError::Other(e)) => {
-                    tracing::warn!(shard_id = lease.key, error = %format!("{e:#}"), "asking for a hand-off failed")
-                }
-            }
+            writes.push(if live {
+                Write::Ask(lease, lease.handoff_to.as_deref().filter(|_| stale_requests.contains(lease.key.as_str())))
+            } else {
+                Write::Take(lease, "taken")
+            });
         }
         for lease in ignored {
             tracing::warn!(shard_id = lease.key, owner = lease.owner.as_deref(), "hand-off ignored: taking the lease");
-            if self.take(lease, "stolen").await {
-                observed.asked.remove(&lease.key);
+            writes.push(Write::Take(lease, "stolen"));
+        }
+        writes.truncate(WRITES_PER_ROUND);
+        let done = at_most(WRITES_AT_ONCE, writes.iter().map(|write| self.write(write)).collect::<Vec<_>>()).await;
+        let mut took = false;
+        for (key, taken, asked) in done {
+            if taken {
+                observed.asked.remove(key);
                 took = true;
+            }
+            if asked {
+                observed.asked.insert(key.to_owned(), Instant::now());
             }
         }
         if took {
             self.metrics.leases_held(self.held().len());
             self.changed.send_replace(());
+        }
+    }
+
+    /// Makes one write of a round: the lease's key, whether it was taken,
+    /// whether a hand-off was asked for.
+    async fn write<'a>(&self, write: &Write<'a>) -> (&'a str, bool, bool) {
+        match *write {
+            Write::Take(lease, event) => (lease.key.as_str(), self.take(lease, event).await, false),
+            Write::Ask(lease, stale) => (lease.key.as_str(), false, self.ask(lease, stale).await),
+        }
+    }
+
+    /// Asks the live owner of `lease` to hand it over; whether the request
+    /// is written.
+    async fn ask(&self, lease: &Lease, stale: Option<&str>) -> bool {
+        self.metrics.lease_request("write");
+        match self.table.request_handoff(lease, &self.me, stale).await {
+            Ok(()) => {
+                tracing::info!(shard_id = lease.key, from = lease.owner.as_deref(), "hand-off asked for");
+                self.metrics.lease_event("handoff_asked");
+                true
+            }
+            Err(LeaseError::Lost(_)) => {
+                tracing::debug!(shard_id = lease.key, "lease moved before a hand-off was asked");
+                false
+            }
+            Err(LeaseError::Other(e)) => {
+                tracing::warn!(shard_id = lease.key, error = %format!("{e:#}"), "asking for a hand-off failed");
+                false
+            }
         }
     }
 
@@ -426,6 +539,7 @@ impl Leases {
                         sub_sequence: lease.sub_sequence,
                         writing: Arc::default(),
                         handoff_to: None,
+                        renew_failures: 0,
                     },
                 );
                 self.metrics.lease_event(event);
@@ -537,14 +651,18 @@ impl Leases {
         }
     }
 
-    async fn write_checkpoint(&self, shard_id: &str, value: &str) -> Result<(), LeaseError> {
-        let writing = self.held().get(shard_id).map(|h| h.writing.clone());
+    async fn write_checkpoint(&self, shard_id: &str, epoch: Option<u64>, value: &str) -> Result<(), LeaseError> {
+        let writing = self.held().get(shard_id).filter(|h| epoch == Some(h.epoch)).map(|h| h.writing.clone());
         let Some(writing) = writing else {
             return Err(LeaseError::Lost(shard_id.to_owned()));
         };
         let _writing = writing.lock().await;
-        let counter =
-            self.held().get(shard_id).map(|h| h.counter).ok_or_else(|| LeaseError::Lost(shard_id.to_owned()))?;
+        let counter = self
+            .held()
+            .get(shard_id)
+            .filter(|h| epoch == Some(h.epoch))
+            .map(|h| h.counter)
+            .ok_or_else(|| LeaseError::Lost(shard_id.to_owned()))?;
         let sent = Instant::now();
         self.metrics.lease_request("write");
         match self.table.checkpoint(shard_id, &self.me, counter, value).await {
@@ -579,6 +697,19 @@ impl Leases {
             }
         }
     }
+}
+
+/// One write of a round of taking.
+enum Write<'a> {
+    Take(&'a Lease, &'static str),
+    /// Ask a live owner for a hand-off, replacing a stale request if any.
+    Ask(&'a Lease, Option<&'a str>),
+}
+
+/// Runs `writes`, at most `n` at once; their results in the order they finish.
+async fn at_most<F: std::future::Future>(n: usize, writes: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(writes).buffer_unordered(n).collect().await
 }
 
 fn unix_ms(t: SystemTime) -> i64 {
@@ -619,12 +750,12 @@ impl CheckpointStore for Leases {
 
     /// Called off the async threads (the trait's contract), so it may wait
     /// on the runtime.
-    fn set(&self, shard_id: &str, checkpoint: &Checkpoint) -> anyhow::Result<()> {
+    fn set(&self, shard_id: &str, epoch: Option<u64>, checkpoint: &Checkpoint) -> anyhow::Result<()> {
         let value = match checkpoint {
             Checkpoint::At(seq) => seq.as_str(),
             Checkpoint::ShardEnd => SHARD_END,
         };
-        tokio::runtime::Handle::current().block_on(self.write_checkpoint(shard_id, value))?;
+        tokio::runtime::Handle::current().block_on(self.write_checkpoint(shard_id, epoch, value))?;
         Ok(())
     }
 }

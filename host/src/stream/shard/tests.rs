@@ -39,7 +39,7 @@ impl CheckpointStore for MemoryCheckpoints {
         self.0.lock().unwrap().last().cloned()
     }
 
-    fn set(&self, _shard_id: &str, checkpoint: &Checkpoint) -> anyhow::Result<()> {
+    fn set(&self, _shard_id: &str, _epoch: Option<u64>, checkpoint: &Checkpoint) -> anyhow::Result<()> {
         self.0.lock().unwrap().push(checkpoint.clone());
         Ok(())
     }
@@ -70,9 +70,13 @@ struct Run {
 }
 
 async fn run(reads: Vec<Vec<Record>>, sink: FakeSink) -> Run {
+    let (_stop, stop) = watch::channel(Stop::No);
+    run_feed(Box::new(ScriptedFeed(reads.into())), sink, Duration::ZERO, stop).await
+}
+
+async fn run_feed(feed: Box<dyn Feed>, sink: FakeSink, batch_window: Duration, stop: watch::Receiver<Stop>) -> Run {
     let store = Arc::new(MemoryCheckpoints::default());
     let sink = Arc::new(sink);
-    let (_stop, shutdown) = watch::channel(false);
     let reader = ShardReader {
         sink: sink.clone(),
         config: Arc::new(RunConfig {
@@ -81,20 +85,41 @@ async fn run(reads: Vec<Vec<Record>>, sink: FakeSink) -> Run {
             dead_letter_stream: "dlq".into(),
             start_at: StartAt::TrimHorizon,
             batch_size: 500,
-            batch_window: Duration::ZERO,
+            batch_window,
             max_idle_poll: Duration::from_secs(1),
             consumer_name: None,
             resubscribe_after: Duration::from_secs(290),
             max_aggregate_records: kpl::DEFAULT_MAX_RECORDS,
-            put_retry_budget: Duration::from_secs(5),
+            put_retry_budget: Duration::from_secs(30),
         }),
         enricher: enricher(),
         store: store.clone(),
         metrics: Arc::new(Metrics::default()),
         shard_id: "shardId-000000000000".into(),
-        shutdown,
+        epoch: None,
+        stop,
     };
-    Run { result: reader.run(Box::new(ScriptedFeed(reads.into()))).await, store, sink }
+    Run { result: reader.run(feed).await, store, sink }
+}
+
+/// Reads one record, then, on the next read, has the lease lost (as the run
+/// loop does when a renewal is refused) and waits to be woken.
+struct LosingFeed {
+    first: Option<Record>,
+    lose: watch::Sender<Stop>,
+}
+
+impl Feed for LosingFeed {
+    fn read<'a>(&'a mut self, _room: usize, woken: BoxFuture<'a, ()>) -> BoxFuture<'a, anyhow::Result<Read>> {
+        Box::pin(async move {
+            if let Some(record) = self.first.take() {
+                return Ok(Read::Records { records: vec![record], millis_behind_latest: Some(0), closed: false });
+            }
+            Stop::ask(&self.lose, Stop::Now);
+            woken.await;
+            Ok(Read::Nothing)
+        })
+    }
 }
 
 fn letters(sink: &FakeSink) -> Vec<Value> {
@@ -192,4 +217,36 @@ async fn a_batch_of_large_aggregates_is_processed_in_chunks() {
     assert_eq!(letters(&run.sink).len(), 12_000);
     let at = |seq: u64| Checkpoint::At(format!("{seq:020}"));
     assert_eq!(*run.store.0.lock().unwrap(), [at(1), at(2), Checkpoint::ShardEnd]);
+}
+
+/// A lease lost while records wait in the batch window: they are dropped,
+/// not written (the new owner has written them and later ones already, so
+/// writing them here would put a user's older offer after a newer one).
+#[tokio::test]
+async fn a_lost_lease_drops_records_read_but_not_written() {
+    let (lose, stop) = watch::channel(Stop::No);
+    let feed = LosingFeed { first: Some(record(1, "a", signup("a"))), lose };
+    let run = run_feed(Box::new(feed), FakeSink::default(), Duration::from_secs(600), stop).await;
+    assert_eq!(run.result.unwrap(), ShardExit::Stopped);
+    assert!(run.sink.calls.lock().unwrap().is_empty(), "written after the lease was lost");
+    assert_eq!(run.store.get("shardId-000000000000"), None);
+}
+
+/// A lease lost while a batch's writes are being retried: the retries stop
+/// at once and nothing is checkpointed; a shutdown would have let them go on.
+#[tokio::test]
+async fn a_lost_lease_abandons_the_writes_in_flight() {
+    let (lose, stop) = watch::channel(Stop::No);
+    let sink = FakeSink {
+        call_fault: Some(Box::new(move |_, _| {
+            Stop::ask(&lose, Stop::Now);
+            Some(PutFailure::Retry("ProvisionedThroughputExceededException".into()))
+        })),
+        ..FakeSink::default()
+    };
+    let records = vec![vec![record(1, "a", signup("a"))], vec![record(2, "a", signup("a"))]];
+    let run = run_feed(Box::new(ScriptedFeed(records.into())), sink, Duration::ZERO, stop).await;
+    assert_eq!(run.result.unwrap(), ShardExit::Stopped);
+    assert_eq!(run.store.get("shardId-000000000000"), None);
+    assert_eq!(run.sink.calls.lock().unwrap().len(), 1, "retried after the lease was lost");
 }
