@@ -18,6 +18,7 @@
 //! - [`registry`]: the module registry a fleet follows (DynamoDB and S3).
 //! - `atomic_file`: crash-safe file replacement (checkpoints, module store).
 //! - `process_lock`: one process per checkpoint file or registry state directory.
+//! - `trusted_dir`: a directory as trusted as the binary (module cache, trusted keys), checked and held open.
 //! - `http_server`: binding and serving either HTTP endpoint until shutdown.
 //! - [`tls`]: TLS settings of the admin API.
 //! - [`service`]: `offerd run` as one call: settings, bound listeners, a shutdown future.
@@ -45,6 +46,7 @@ pub mod stream;
 #[cfg(test)]
 mod test_alloc;
 pub mod tls;
+mod trusted_dir;
 
 /// The machine's name, for default worker ids and publishers.
 pub fn host_name() -> String {

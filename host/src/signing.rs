@@ -10,10 +10,13 @@
 
 use std::fmt::Write as _;
 use std::io::Cursor;
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use wasmsign2::{KeyPair, Module, PublicKey, PublicKeySet, SecretKey};
+
+use crate::trusted_dir::TrustedDir;
 
 /// Largest key file read: PEM keys are a few hundred bytes.
 const MAX_KEY_FILE_BYTES: u64 = 16 * 1024;
@@ -42,24 +45,29 @@ pub struct TrustedKeys {
 }
 
 impl TrustedKeys {
-    /// Reads every `*.pub` file of `dir`.
+    /// Reads every `*.pub` file of `dir`. The keys decide which modules
+    /// run, so `dir` is a [`TrustedDir`]: it, the directories above it and
+    /// each key file must be changeable by this user and root alone, and a
+    /// key file is a regular file, not a link.
     ///
     /// # Errors
-    /// The directory cannot be read, holds no `.pub` file, or one is not an
-    /// ed25519 public key (naming the file).
+    /// The directory cannot be read or can be changed by others, holds no
+    /// `.pub` file, or one is refused or not an ed25519 public key (naming
+    /// the file).
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let trusted = TrustedDir::open(dir, "--trusted-keys")?;
+        let mut names = trusted.names().with_context(|| format!("reading --trusted-keys {}", dir.display()))?;
+        // Sorted, so a refusal names the same file every time.
+        names.sort();
         let mut keys = PublicKeySet::empty();
-        let entries = std::fs::read_dir(dir).with_context(|| format!("reading --trusted-keys {}", dir.display()))?;
-        for entry in entries {
-            let path = entry.with_context(|| format!("reading --trusted-keys {}", dir.display()))?.path();
-            // Regular files only: a FIFO named `x.pub` would block start-up.
-            if path.extension().is_some_and(|e| e == "pub") && path.is_file() {
-                let bytes = read_key_file(&path)?;
-                let key = PublicKey::from_any(&bytes)
-                    .map_err(|e| anyhow::anyhow!("{} is not an ed25519 public key: {e}", path.display()))?;
-                // The same key in two files is trusted once.
-                let _ = keys.insert(key.attach_default_key_id());
-            }
+        for name in names.iter().filter(|name| Path::new(name).extension().is_some_and(|e| e == "pub")) {
+            // Gone since the listing: removed, so no longer trusted.
+            let Some(bytes) = trusted.read(name, MAX_KEY_FILE_BYTES)? else { continue };
+            let key = PublicKey::from_any(&bytes).map_err(|e| {
+                anyhow::anyhow!("{} is not an ed25519 public key: {e}", trusted.path().join(name).display())
+            })?;
+            // The same key in two files is trusted once.
+            let _ = keys.insert(key.attach_default_key_id());
         }
         anyhow::ensure!(!keys.is_empty(), "--trusted-keys {} holds no .pub file", dir.display());
         Ok(Self { dir: dir.to_owned(), keys })
@@ -240,7 +248,13 @@ pub fn keygen(dir: &Path) -> anyhow::Result<String> {
     let pair = KeyPair::generate();
     let public = pair.pk.attach_default_key_id();
     let id = key_id(&public);
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Mode 0755 whatever the umask: the directory may serve as --trusted-keys,
+    // which refuses a group-writable one.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     let secret_path = dir.join(format!("{id}.key"));
     write_new(&secret_path, pair.sk.to_pem().as_bytes(), 0o600)?;
     write_new(&dir.join(format!("{id}.pub")), public.to_pem().as_bytes(), 0o644)?;
@@ -381,6 +395,50 @@ mod tests {
         assert!(matches!(trust.verify(&module()), Err(SignatureError::Unsigned { .. })));
         let (signed, _) = sign(&dir.path().join(format!("{id}.key")), &module()).unwrap();
         assert_eq!(trust.verify(&signed).unwrap(), id);
+    }
+
+    /// A trusted-keys directory holding one public key, which loads; its
+    /// path, resolved as refusals name it; the key's id.
+    fn one_trusted_key() -> (tempfile::TempDir, PathBuf, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = std::fs::canonicalize(dir.path()).unwrap().join("keys");
+        let id = keygen(&keys).unwrap();
+        std::fs::remove_file(keys.join(format!("{id}.key"))).unwrap();
+        TrustedKeys::load(&keys).unwrap();
+        (dir, keys, id)
+    }
+
+    fn refusal(keys: &Path) -> String {
+        format!("{:#}", TrustedKeys::load(keys).unwrap_err())
+    }
+
+    #[test]
+    fn a_group_writable_keys_directory_is_refused_naming_it() {
+        let (_dir, keys, _) = one_trusted_key();
+        std::fs::set_permissions(&keys, std::os::unix::fs::PermissionsExt::from_mode(0o775)).unwrap();
+        let refused = refusal(&keys);
+        assert!(refused.contains(&format!("--trusted-keys {} must", keys.display())), "{refused}");
+        assert!(refused.contains("writable by nobody else") && refused.contains("mode 775"), "{refused}");
+    }
+
+    #[test]
+    fn a_world_writable_key_file_is_refused_naming_it() {
+        let (_dir, keys, id) = one_trusted_key();
+        let public = keys.join(format!("{id}.pub"));
+        std::fs::set_permissions(&public, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+        let refused = refusal(&keys);
+        assert!(refused.contains(&format!("{} must", public.display())) && refused.contains("mode 666"), "{refused}");
+    }
+
+    #[test]
+    fn a_key_file_that_is_a_symbolic_link_is_refused_naming_it() {
+        let (dir, keys, _) = one_trusted_key();
+        let elsewhere = dir.path().join("elsewhere");
+        let other = keygen(&elsewhere).unwrap();
+        let link = keys.join("linked.pub");
+        std::os::unix::fs::symlink(elsewhere.join(format!("{other}.pub")), &link).unwrap();
+        let refused = refusal(&keys);
+        assert!(refused.contains(&format!("{} is a symbolic link", link.display())), "{refused}");
     }
 
     #[test]
