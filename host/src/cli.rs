@@ -308,6 +308,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let module_cache = args.engine.module_cache()?;
     let admin_token = settings.admin_token_file.as_deref().map(admin::read_token).transpose()?;
     let admin_tls = settings.admin_tls.as_ref().map(|(cert, key)| crate::tls::server_config(cert, key)).transpose()?;
+    http_server::raise_descriptor_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async move {
         let sdk = stream::aws::sdk_config().await?;

@@ -12,6 +12,7 @@ mod proxy;
 mod registry;
 mod rollout;
 mod rule_author;
+mod servers;
 mod stream;
 
 use std::path::PathBuf;
