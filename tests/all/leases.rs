@@ -519,7 +519,7 @@ async fn a_checkpoint_after_a_renewal_whose_answer_was_lost_is_written() {
         handoff_to: None,
     };
     assert!(table.create(&lease).await.unwrap());
-    let believed = table.take(&lease, "w1").await.unwrap();
+    let believed = table.take(&lease, "w1").await.unwrap().counter;
     // Applied; its answer lost, so the worker still believes `believed`.
     table.renew(&lease.key, "w1", believed).await.unwrap();
     let position = "49660000000000000000000000000000000000000000000000000001";
@@ -744,4 +744,50 @@ async fn a_checkpoint_from_an_earlier_acquisition_of_the_lease_is_refused() {
     maintaining.await.unwrap();
     let stored = direct.scan().await.unwrap().into_iter().find(|l| l.key == key).unwrap();
     assert_eq!(stored.checkpoint, current);
+}
+
+/// A lease at `LATEST` with no start time (a KCL table, or one written by
+/// hand) gets the time it is first taken, and the reader of the worker that
+/// took it starts there: not at a fresh `LATEST` later, which would skip
+/// what arrived in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latest_lease_pinned_at_take_starts_its_reader_at_the_pinned_time() {
+    use offerd::stream::checkpoint::CheckpointStore;
+    use offerd::stream::feed::Position;
+    use offerd::stream::lease::{LeaseSettings, LeaseTable, Leases};
+
+    let name = fresh_table();
+    let direct = LeaseTable::open(dynamodb().await, &name).await.unwrap();
+    let key = "shardId-000000000000".to_owned();
+    assert!(
+        direct
+            .create(&offerd::stream::lease::Lease { checkpoint: "LATEST".into(), ..unheld(key.clone()) })
+            .await
+            .unwrap()
+    );
+    let settings = LeaseSettings {
+        table: name.clone(),
+        worker_id: "w1".into(),
+        // The first scan takes it; the next is 5 s later, long after the check.
+        duration: Duration::from_secs(30),
+        renew_every: Duration::from_secs(10),
+        finished_retention: Duration::from_secs(60),
+    };
+    let metrics = Arc::new(offerd::metrics::Metrics::default());
+    let leases = Arc::new(Leases::new(LeaseTable::open(dynamodb().await, &name).await.unwrap(), &settings, metrics));
+    let (_stopping, stopping) = tokio::sync::watch::channel(false);
+    let (end, ending) = tokio::sync::watch::channel(false);
+    let maintaining = tokio::spawn(leases.clone().maintain(stopping, ending));
+    let deadline = Instant::now() + DEADLINE;
+    while leases.epoch(&key).is_none() {
+        assert!(Instant::now() < deadline, "the lease was never taken");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Asked at once, as the run loop does on a take: before any later scan.
+    let start = leases.resume_at(&key);
+    end.send_replace(true);
+    maintaining.await.unwrap();
+    let pinned = direct.scan().await.unwrap().into_iter().find(|l| l.key == key).unwrap().start_timestamp_ms;
+    let pinned = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(pinned.expect("no time pinned")).unwrap());
+    assert_eq!(start, Some(Position::Timestamp(pinned)));
 }

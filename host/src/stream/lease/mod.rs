@@ -81,6 +81,9 @@ struct Held {
     /// The KCL's position inside a KPL aggregate at `checkpoint`; 0 once
     /// this worker checkpointed.
     sub_sequence: u64,
+    /// When a lease at `LATEST` was first taken (pinned then): its reader
+    /// starts there, not at a fresh `LATEST`.
+    start_timestamp_ms: Option<i64>,
     /// Serialises this lease's writes (renewal and checkpoint), which are
     /// conditional on the counter the other one moves.
     writing: Arc<tokio::sync::Mutex<()>>,
@@ -527,16 +530,18 @@ impl Leases {
         let sent = Instant::now();
         self.metrics.lease_request("write");
         match self.table.take(lease, &self.me).await {
-            Ok(counter) => {
+            Ok(taken) => {
                 tracing::info!(shard_id = lease.key, from = lease.owner.as_deref(), event, "lease taken");
+                let counter = taken.counter;
                 self.held().insert(
                     lease.key.clone(),
                     Held {
                         epoch: counter,
                         counter,
                         renewed: sent,
-                        checkpoint: lease.checkpoint.clone(),
-                        sub_sequence: lease.sub_sequence,
+                        checkpoint: taken.checkpoint,
+                        sub_sequence: taken.sub_sequence,
+                        start_timestamp_ms: taken.start_timestamp_ms,
                         writing: Arc::default(),
                         handoff_to: None,
                         renew_failures: 0,
@@ -644,10 +649,9 @@ impl Leases {
     /// The checkpoint of a shard, its sub-sequence and start time: this
     /// worker's own if it holds the lease, else the last scan's.
     fn stored_checkpoint(&self, shard_id: &str) -> Option<(String, u64, Option<i64>)> {
-        let seen = self.seen().get(shard_id).map(|l| (l.checkpoint.clone(), l.sub_sequence, l.start_timestamp_ms));
         match self.held().get(shard_id) {
-            Some(held) => Some((held.checkpoint.clone(), held.sub_sequence, seen.and_then(|(.., ts)| ts))),
-            None => seen,
+            Some(held) => Some((held.checkpoint.clone(), held.sub_sequence, held.start_timestamp_ms)),
+            None => self.seen().get(shard_id).map(|l| (l.checkpoint.clone(), l.sub_sequence, l.start_timestamp_ms)),
         }
     }
 

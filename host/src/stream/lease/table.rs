@@ -461,12 +461,13 @@ impl LeaseTable {
     }
 
     /// Takes a lease seen at `counter` (expired, unowned, or stolen from an
-    /// over-loaded worker): the new counter. Conditional on the counter
+    /// over-loaded worker): the lease as written (its new counter, and the
+    /// start time pinned now if it had none). Conditional on the counter
     /// alone, as in the KCL: every change of owner moves it.
     ///
     /// # Errors
     /// [`LeaseError::Lost`] when the lease moved since it was seen.
-    pub async fn take(&self, lease: &Lease, owner: &str) -> Result<u64, LeaseError> {
+    pub async fn take(&self, lease: &Lease, owner: &str) -> Result<Lease, LeaseError> {
         let next = next_counter(&lease.key, lease.counter)?;
         let switched = lease.owner.as_deref().is_some_and(|o| o != owner);
         // A LATEST lease from elsewhere (the KCL, or written by hand) gets the
@@ -508,8 +509,14 @@ impl LeaseTable {
                 .expression_attribute_names("#start", attr::START_TIMESTAMP)
                 .expression_attribute_values(":now", AttributeValue::N(now.as_millis().to_string()));
         }
-        request.send().await.map_err(|e| classify(e, &lease.key, "taking"))?;
-        Ok(next)
+        let written = request
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|e| classify(e, &lease.key, "taking"))?;
+        let taken = written.attributes().map(parse).transpose().map_err(LeaseError::Other)?;
+        // An answer without the item (a store that ignores ReturnValues): what was written.
+        Ok(taken.unwrap_or_else(|| Lease { owner: Some(owner.to_owned()), counter: next, ..lease.clone() }))
     }
 
     /// Deletes a finished lease (checkpoint `SHARD_END`); whether it did
