@@ -136,6 +136,7 @@ fn prepare_all(records: &[Record], batch: usize, enricher: &Enricher) -> Duratio
             "shardId-000000000000",
             chunk,
             offerd::stream::kpl::DEFAULT_MAX_RECORDS,
+            &offerd::engine::BatchBudget::start(),
         ));
         produced += prepared.offers.len() + prepared.dead_letters.len();
     }

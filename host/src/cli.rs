@@ -113,8 +113,9 @@ struct EngineArgs {
     /// Most linear memory a module instance may hold.
     #[arg(long, value_name = "MIB", default_value_t = Limits::default().memory_bytes >> 20)]
     memory_limit_mib: usize,
-    /// Longest one region's share of a batch may take, retries of failing
-    /// records included; records not served by then fail as module-timeout.
+    /// Time a batch (all its regions and chunks) may take before modules
+    /// that failed in it get no more calls; their records not served by then
+    /// fail as module-timeout.
     #[arg(long, value_name = "MS", default_value_t = Limits::default().batch_budget.as_millis() as u64)]
     batch_budget_ms: u64,
     /// Largest module accepted.

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 
 use crate::catalog::Catalogs;
-use crate::engine::{FailureKind, RegionRules};
+use crate::engine::{BatchBudget, FailureKind, RegionRules};
 use crate::module_store::LoadedRules;
 use crate::record::{self, OfferEncoder, Reason, RecordSource, RuleRef};
 use crate::signup::SignUp;
@@ -148,12 +148,14 @@ impl Enricher {
     /// One outcome per input, in order. Each region's records of the batch go
     /// to its module in one call.
     pub fn enrich(&self, inputs: &[&[u8]]) -> Enriched {
-        self.enrich_from(inputs, &[])
+        self.enrich_from(inputs, &[], &BatchBudget::start())
     }
 
     /// [`Self::enrich`] for stream records: every output names its source
-    /// (`sources[i]` for `inputs[i]`; outputs of inputs past its end name none).
-    pub fn enrich_from(&self, inputs: &[&[u8]], sources: &[RecordSource<'_>]) -> Enriched {
+    /// (`sources[i]` for `inputs[i]`; outputs of inputs past its end name
+    /// none), and the time failing modules take counts against `budget`,
+    /// which the batch's other chunks share.
+    pub fn enrich_from(&self, inputs: &[&[u8]], sources: &[RecordSource<'_>], budget: &BatchBudget) -> Enriched {
         let source = |i: usize| sources.get(i);
         let mut outcomes: Vec<Option<Outcome>> = vec![None; inputs.len()];
         let mut by_region: HashMap<&str, RegionBatch<'_>> = HashMap::new();
@@ -197,7 +199,7 @@ impl Enricher {
         for RegionBatch { active, positions, signups } in by_region.into_values() {
             let rules = &active.rules;
             let batch: Vec<&SignUp<'_>> = signups.iter().collect();
-            let results = rules.enrich(&batch);
+            let results = rules.enrich_within(&batch, budget);
             let info = rules.module().info();
             let encoder = &active.encoder;
             let mut tally = RegionTally {

@@ -201,6 +201,50 @@ fn failing_records_are_bisected_within_the_batch_budget() {
     assert!(spent >= 100 - 300 / 50, "only {spent} of 100 records were cut off by the budget");
 }
 
+/// The budget is the batch's, not a region's or a chunk's: once a module
+/// that fails has spent it, its records in the batch's later chunks and in
+/// other regions fail at once, without a call; a module that has not failed
+/// in the batch is still served.
+#[test]
+fn a_batch_budget_is_shared_by_its_chunks_and_regions() {
+    use offerd::engine::BatchBudget;
+
+    let engine = Engine::new(Limits {
+        call_timeout: Duration::from_millis(50),
+        batch_budget: Duration::from_millis(300),
+        ..Limits::default()
+    })
+    .unwrap();
+    let misbehave = Arc::new(load(&engine, "misbehave").unwrap());
+    let catalogs = Catalogs::load(&super::catalogs()).unwrap();
+    let rules = |module: &Arc<RuleModule>, region: &str| {
+        let mut catalog = catalogs.region("europe").unwrap().clone();
+        catalog.region = region.into();
+        RegionRules::new(module.clone(), Arc::new(catalog)).unwrap()
+    };
+    let (first, second) = (rules(&misbehave, "first"), rules(&misbehave, "second"));
+    let healthy = rules(&Arc::new(load(&engine, "reference").unwrap()), "healthy");
+    let inputs = commands(&["loop"; 100]);
+    let signups: Vec<SignUp<'_>> = inputs.iter().map(|b| SignUp::decode(b).unwrap()).collect();
+    let batch: Vec<&SignUp<'_>> = signups.iter().collect();
+    let cut = |results: &[Result<Vec<offerd::engine::Offer>, offerd::engine::Failure>]| {
+        results.iter().filter(|r| r.as_ref().is_err_and(|f| f.detail.contains("time budget"))).count()
+    };
+
+    let budget = BatchBudget::start();
+    first.enrich_within(&batch, &budget);
+    for (what, rules) in [("a later chunk", &first), ("another region", &second)] {
+        let started = std::time::Instant::now();
+        let results = rules.enrich_within(&batch, &budget);
+        let took = started.elapsed();
+        assert_eq!(cut(&results), 100, "{what}: records were run after the batch's budget was spent");
+        // No call: far less than one call timeout, let alone another budget.
+        assert!(took < Duration::from_millis(150), "{what} took {took:?}");
+    }
+    let served = healthy.enrich_within(&batch, &budget);
+    assert!(served.iter().all(Result::is_ok), "a module that did not fail is served after the budget");
+}
+
 #[test]
 fn a_trap_in_init_refuses_the_module_for_that_region() {
     let module = Arc::new(load(&engine(), "misbehave").unwrap());

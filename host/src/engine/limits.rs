@@ -11,10 +11,11 @@ pub struct Limits {
     /// Linear memory one instance may hold. The reference rules use about
     /// 2 MiB with the largest catalog.
     pub memory_bytes: usize,
-    /// Wall time one region's share of a batch may take in all, retries of
-    /// failing records included. When it is spent, the records not yet
-    /// served are failed as timeouts: a module that loops on every record
-    /// holds its shard for this long, not for one timeout per record.
+    /// Wall time a batch may take before modules that failed in it get no
+    /// more calls, across all its regions and chunks ([`super::BatchBudget`]).
+    /// When it is spent, their records not yet served are failed as
+    /// timeouts: modules that loop on every record hold their shard for
+    /// about this long, not for one timeout per record.
     pub batch_budget: Duration,
     /// Largest component accepted, in bytes. Compile time grows with size;
     /// rule modules are a few hundred KiB.

@@ -12,6 +12,7 @@
 //! - `convert`: host types to and from the contract's types.
 //! - `ticker`: the epoch ticker, running only while guest code does.
 
+mod budget;
 mod cache;
 mod contract;
 mod convert;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use crate::signing::TrustedKeys;
 use ticker::{EPOCH_TICK, Ticker};
 
+pub use budget::BatchBudget;
 pub use cache::ModuleCache;
 pub use contract::Contract;
 pub use limits::Limits;

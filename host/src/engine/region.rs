@@ -4,10 +4,11 @@
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wasmtime::Store;
 
+use super::BatchBudget;
 use super::contract::{self, Batch, Contract, Functions, Results};
 use super::limits::MemoryCapExceeded;
 use super::module::{ModuleError, RuleModule, StoreState};
@@ -105,7 +106,7 @@ impl RegionRules {
             busy: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
         };
-        let primed = rules.prime()?;
+        let primed = rules.prime(rules.module.engine().limits().call_timeout)?;
         rules.idle.lock().expect("pool lock is never held across a panic").push(primed);
         Ok(rules)
     }
@@ -137,14 +138,22 @@ impl RegionRules {
         self.idle.lock().expect("pool lock is never held across a panic").len()
     }
 
+    /// One result per sign-up, in order, within a budget of its own: see
+    /// [`Self::enrich_within`].
+    pub fn enrich(&self, batch: &[&SignUp<'_>]) -> Vec<Result<Vec<Offer>, Failure>> {
+        self.enrich_within(batch, &BatchBudget::start())
+    }
+
     /// One result per sign-up, in order. A batch runs in one call; if the
     /// module fails, the batch is halved and each half retried, down to
     /// single records, so that only the records that make it fail are
-    /// reported as failed (Lambda's BisectBatchOnFunctionError). All of it
-    /// within the engine's batch budget: records not served when it is spent
-    /// fail as timeouts.
-    pub fn enrich(&self, batch: &[&SignUp<'_>]) -> Vec<Result<Vec<Offer>, Failure>> {
-        let deadline = Instant::now() + self.module.engine().limits().batch_budget;
+    /// reported as failed (Lambda's BisectBatchOnFunctionError). Once the
+    /// module has failed in `budget`'s batch, its calls end at the budget
+    /// (instantiation included), and when the budget is spent its records
+    /// not yet served fail as timeouts without a call.
+    pub fn enrich_within(&self, batch: &[&SignUp<'_>], budget: &BatchBudget) -> Vec<Result<Vec<Offer>, Failure>> {
+        let limits = self.module.engine().limits();
+        let digest = &self.module.info().digest;
         let mut results: Vec<Option<Result<Vec<Offer>, Failure>>> = vec![None; batch.len()];
         let inputs = self.inputs(batch, &mut results);
         // Ranges still to serve, the next one last.
@@ -154,12 +163,15 @@ impl RegionRules {
             if range.is_empty() {
                 continue;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let failing = budget.failing(digest);
+            let left = if failing { budget.left(limits.batch_budget) } else { limits.call_timeout };
             if left.is_zero() {
-                let budget = self.module.engine().limits().batch_budget;
                 let spent = Failure {
                     kind: FailureKind::Timeout,
-                    detail: format!("the batch's time budget ({budget:?}) was spent on failing records of this module"),
+                    detail: format!(
+                        "the batch's time budget ({:?}) was spent on failing records of this module",
+                        limits.batch_budget
+                    ),
                 };
                 for range in std::iter::once(range).chain(todo.drain(..)) {
                     for i in range {
@@ -174,8 +186,12 @@ impl RegionRules {
                         results[inputs.position(i)] = Some(result);
                     }
                 }
-                Err(failure) if range.len() == 1 => results[inputs.position(range.start)] = Some(Err(failure)),
+                Err(failure) if range.len() == 1 => {
+                    budget.failed(digest);
+                    results[inputs.position(range.start)] = Some(Err(failure));
+                }
                 Err(_) => {
+                    budget.failed(digest);
                     let middle = range.start + range.len() / 2;
                     todo.push(middle..range.end);
                     todo.push(range.start..middle);
@@ -221,7 +237,7 @@ impl RegionRules {
         let idle = self.idle.lock().expect("pool lock is never held across a panic").pop();
         let mut primed = match idle {
             Some(p) => p,
-            None => self.prime().map_err(|e| Failure { kind: FailureKind::Trap, detail: e.to_string() })?,
+            None => self.prime(left).map_err(|e| Failure { kind: FailureKind::Trap, detail: e.to_string() })?,
         };
         let engine = self.module.engine();
         primed.store.set_epoch_deadline(engine.deadline_ticks().min(engine.ticks(left)));
@@ -260,11 +276,15 @@ impl RegionRules {
         Ok(checked)
     }
 
-    fn prime(&self) -> Result<Primed, ModuleError> {
+    /// A new instance, initialised with the catalog within `left` (or the
+    /// call timeout, whichever is sooner).
+    fn prime(&self, left: Duration) -> Result<Primed, ModuleError> {
         let (mut store, functions) = self
             .module
             .instantiate()
             .map_err(|e| ModuleError::Failed { call: "instantiate", detail: classify(&e).detail })?;
+        let engine = self.module.engine();
+        store.set_epoch_deadline(engine.deadline_ticks().min(engine.ticks(left)));
         functions
             .init(&mut store, &self.wit_catalog)
             .map_err(|e| ModuleError::Failed { call: "init", detail: classify(&e).detail })?

@@ -7,6 +7,7 @@ use aws_sdk_kinesis::types::Record;
 
 use super::kpl::{self, Unpacked};
 use super::sink::Entry;
+use crate::engine::BatchBudget;
 use crate::enricher::{Enricher, Outcome, RegionTally};
 use crate::record::{self, Reason, RecordSource};
 
@@ -41,8 +42,15 @@ impl SourceId {
 }
 
 /// De-aggregates (refusing aggregates of more than `max_aggregate_records`),
-/// enriches, and names every output's source. Outputs keep input order.
-pub fn prepare(enricher: &Enricher, shard_id: &str, records: &[Record], max_aggregate_records: usize) -> PreparedBatch {
+/// enriches within the batch's `budget` (shared by its chunks), and names
+/// every output's source. Outputs keep input order.
+pub fn prepare(
+    enricher: &Enricher,
+    shard_id: &str,
+    records: &[Record],
+    max_aggregate_records: usize,
+    budget: &BatchBudget,
+) -> PreparedBatch {
     let unpacked: Vec<Unpacked<'_>> =
         records.iter().map(|r| kpl::unpack(r.data().as_ref(), max_aggregate_records)).collect();
     let mut batch = PreparedBatch {
@@ -87,7 +95,7 @@ pub fn prepare(enricher: &Enricher, shard_id: &str, records: &[Record], max_aggr
         }
     }
     let sources: Vec<RecordSource<'_>> = ids.iter().map(|id| id.resolve(shard_id, records)).collect();
-    let enriched = enricher.enrich_from(&inputs, &sources);
+    let enriched = enricher.enrich_from(&inputs, &sources, budget);
     for ((id, source), outcome) in ids.iter().zip(&sources).zip(enriched.outcomes) {
         match outcome {
             Outcome::Offer { user_id, line } => {

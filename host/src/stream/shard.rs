@@ -18,6 +18,7 @@ use super::kpl;
 use super::lease::LeaseError;
 use super::prepare::{PreparedBatch, SourceId, dead_letter_key, prepare};
 use super::sink::{self, Entry, PutError, RecordSink, Rejected};
+use crate::engine::BatchBudget;
 use crate::enricher::Enricher;
 use crate::metrics::Metrics;
 use crate::record::{self, Reason};
@@ -216,6 +217,8 @@ impl ShardReader {
 
     /// Processes a batch in chunks of at most [`MAX_USER_RECORDS`] user records.
     async fn process(&self, mut records: Vec<Record>) -> anyhow::Result<Batch> {
+        // One budget for failing modules across the batch's chunks.
+        let budget = Arc::new(BatchBudget::start());
         while !records.is_empty() {
             let max = self.config.max_aggregate_records;
             let mut users = 0;
@@ -228,7 +231,7 @@ impl ShardReader {
                 .count()
                 .max(1);
             let rest = records.split_off(take);
-            if let Batch::Abandoned = self.process_chunk(records).await? {
+            if let Batch::Abandoned = self.process_chunk(records, budget.clone()).await? {
                 return Ok(Batch::Abandoned);
             }
             records = rest;
@@ -237,13 +240,13 @@ impl ShardReader {
     }
 
     /// Enrich, publish both streams, then checkpoint the chunk's last record.
-    async fn process_chunk(&self, records: Vec<Record>) -> anyhow::Result<Batch> {
+    async fn process_chunk(&self, records: Vec<Record>, budget: Arc<BatchBudget>) -> anyhow::Result<Batch> {
         let started = Instant::now();
         let last = records.last().expect("process is called with records").sequence_number().to_owned();
         let (enricher, shard_id) = (self.enricher.clone(), self.shard_id.clone());
         let max_aggregate = self.config.max_aggregate_records;
         let (prepared, records) = tokio::task::spawn_blocking(move || {
-            let prepared = prepare(&enricher, &shard_id, &records, max_aggregate);
+            let prepared = prepare(&enricher, &shard_id, &records, max_aggregate, &budget);
             (prepared, records)
         })
         .await
