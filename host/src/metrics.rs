@@ -106,6 +106,9 @@ pub struct Metrics {
     registry_unreachable: Gauge,
     /// Unix milliseconds since which the registry has been unreachable, for `/healthz`.
     registry_down_since_ms: Mutex<Option<i64>>,
+    lease_items_malformed: Gauge,
+    /// Lease items nobody can use, as `key (why)`, for `/healthz`.
+    malformed_leases: Mutex<Vec<String>>,
     /// Offers and module failures per region, for the admin API.
     region_totals: Mutex<HashMap<String, (u64, u64)>>,
     /// Set once every shard reader has started; cleared on shutdown.
@@ -169,6 +172,12 @@ impl Metrics {
             "registry_unreachable",
             "1 while the registry this worker follows does not answer",
             registry_unreachable.clone(),
+        );
+        let lease_items_malformed = Gauge::default();
+        registry.register(
+            "lease_items_malformed",
+            "Items of the lease table that are not usable leases: their shards go unserved",
+            lease_items_malformed.clone(),
         );
         let records_read = Family::<ShardLabels, Counter>::default();
         let offers = Family::<RegionLabels, Counter>::default();
@@ -295,6 +304,8 @@ impl Metrics {
             registry_publication_to_serving,
             registry_unreachable,
             registry_down_since_ms: Mutex::default(),
+            lease_items_malformed,
+            malformed_leases: Mutex::default(),
             region_totals: Mutex::default(),
             ready: AtomicBool::new(false),
             shards: Mutex::default(),
@@ -492,6 +503,12 @@ impl Metrics {
         }
     }
 
+    /// The lease items last scanned that are not usable leases, as `key (why)`.
+    pub fn malformed_leases(&self, items: Vec<String>) {
+        self.lease_items_malformed.set(i64::try_from(items.len()).unwrap_or(i64::MAX));
+        *self.malformed_leases.lock().expect("never held across a panic") = items;
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
@@ -536,14 +553,18 @@ async fn prometheus_text(State(metrics): State<Arc<Metrics>>) -> impl IntoRespon
 }
 
 /// The process answers: `ok`, degraded while the registry it follows is
-/// unreachable (records keep flowing on what serves).
+/// unreachable (records keep flowing on what serves) or lease items cannot
+/// be used (their shards go unserved).
 async fn health(State(metrics): State<Arc<Metrics>>) -> String {
-    match *metrics.registry_down_since_ms.lock().expect("never held across a panic") {
-        None => "ok\n".into(),
-        Some(since) => {
-            format!("ok, degraded: the registry is unreachable since {}\n", crate::registry::format_ms(since))
-        }
+    let mut degraded = Vec::new();
+    if let Some(since) = *metrics.registry_down_since_ms.lock().expect("never held across a panic") {
+        degraded.push(format!("the registry is unreachable since {}", crate::registry::format_ms(since)));
     }
+    let malformed = metrics.malformed_leases.lock().expect("never held across a panic");
+    if !malformed.is_empty() {
+        degraded.push(format!("shards unserved, their lease items unusable: {}", malformed.join("; ")));
+    }
+    if degraded.is_empty() { "ok\n".into() } else { format!("ok, degraded: {}\n", degraded.join("; ")) }
 }
 
 async fn readiness(State(metrics): State<Arc<Metrics>>) -> (StatusCode, String) {

@@ -8,7 +8,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::stream::{self, lease::LeaseTable};
+use crate::stream;
+use crate::stream::lease::{LeaseTable, Scanned};
 
 #[derive(Subcommand)]
 pub(super) enum LeaseCommand {
@@ -30,11 +31,12 @@ pub(super) struct ListArgs {
 pub(super) fn run(command: &LeaseCommand) -> anyhow::Result<ExitCode> {
     let LeaseCommand::List(args) = command;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
-    let mut leases = runtime.block_on(async {
+    let Scanned { mut leases, mut malformed } = runtime.block_on(async {
         let sdk = stream::aws::sdk_config().await?;
         LeaseTable::existing(aws_sdk_dynamodb::Client::new(&sdk), &args.table).await?.scan().await
     })?;
     leases.sort_by(|a, b| a.key.cmp(&b.key));
+    malformed.sort_by(|a, b| a.key.cmp(&b.key));
     let mut out = std::io::stdout().lock();
     if args.json {
         for l in &leases {
@@ -44,6 +46,9 @@ pub(super) fn run(command: &LeaseCommand) -> anyhow::Result<ExitCode> {
                 "parents": l.parents, "children": l.children, "handoff_to": l.handoff_to,
             });
             writeln!(out, "{line}")?;
+        }
+        for m in &malformed {
+            writeln!(out, "{}", json!({ "shard_id": m.key, "malformed": m.why }))?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -63,6 +68,9 @@ pub(super) fn run(command: &LeaseCommand) -> anyhow::Result<ExitCode> {
             if l.parents.is_empty() { "-".to_owned() } else { l.parents.join(",") },
             l.handoff_to.as_deref().unwrap_or("-"),
         )?;
+    }
+    for m in &malformed {
+        writeln!(out, "{:<24} UNUSABLE, its shard is not read: {}", m.key, m.why)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -40,7 +40,7 @@ use super::StartAt;
 use super::checkpoint::{Checkpoint, CheckpointStore};
 use super::feed::Position;
 use crate::metrics::Metrics;
-pub use table::{Lease, LeaseError, LeaseTable, SHARD_END};
+pub use table::{Lease, LeaseError, LeaseTable, Malformed, SHARD_END, Scanned};
 
 /// Lease durations a worker waits for a requested hand-off before it takes
 /// the lease anyway: well beyond an honest stop (a batch's writes, the
@@ -125,6 +125,8 @@ pub struct Leases {
     listed: Mutex<HashSet<String>>,
     /// Bumped whenever the set of held leases changes.
     changed: watch::Sender<()>,
+    /// Unusable lease items as last scanned, and why: each is warned about once.
+    malformed: Mutex<HashMap<String, String>>,
 }
 
 impl Leases {
@@ -141,6 +143,7 @@ impl Leases {
             seen: Mutex::default(),
             listed: Mutex::default(),
             changed: watch::Sender::new(()),
+            malformed: Mutex::default(),
         }
     }
 
@@ -307,7 +310,10 @@ impl Leases {
             }
             self.metrics.lease_request("scan");
             let leases = match self.table.scan().await {
-                Ok(leases) => leases,
+                Ok(Scanned { leases, malformed }) => {
+                    self.note_malformed(malformed);
+                    leases
+                }
                 Err(e) => {
                     if last_scan.is_some_and(|at| at.elapsed() < self.renew_every) {
                         tracing::warn!(error = %format!("{e:#}"), "scanning the lease table failed; retrying");
@@ -412,6 +418,24 @@ impl Leases {
             Ok(false) => {}
             Err(e) => tracing::warn!(shard_id = key, error = %format!("{e:#}"), "removing a finished lease failed"),
         }
+    }
+
+    /// Reports lease items nobody can use: a warning the first time this
+    /// worker sees each (or its reason changes), a metric and `/healthz` while
+    /// they last. Nobody takes them, so their shards stay unserved.
+    fn note_malformed(&self, malformed: Vec<Malformed>) {
+        let mut reported = self.malformed.lock().expect("never held across a panic");
+        for item in &malformed {
+            if reported.get(&item.key) != Some(&item.why) {
+                tracing::warn!(
+                    shard_id = item.key,
+                    why = item.why,
+                    "a lease item is unusable; its shard goes unserved until it is repaired"
+                );
+            }
+        }
+        *reported = malformed.iter().map(|m| (m.key.clone(), m.why.clone())).collect();
+        self.metrics.malformed_leases(malformed.into_iter().map(|m| format!("{} ({})", m.key, m.why)).collect());
     }
 
     /// Marks held leases that another worker asked for; the run loop stops
@@ -574,7 +598,7 @@ impl Leases {
         *self.listed.lock().expect("the shard list is never held across a panic") =
             shards.iter().map(|s| s.shard_id().to_owned()).collect();
         self.metrics.lease_request("scan");
-        let leases = self.table.scan().await?;
+        let leases = self.table.scan().await?.leases;
         let existing: HashMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
         let leased: HashMap<&str, &[String]> = leases.iter().map(|l| (l.key.as_str(), l.parents.as_slice())).collect();
         let mut new_children: HashMap<&str, Vec<String>> = HashMap::new();

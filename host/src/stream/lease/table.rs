@@ -182,12 +182,13 @@ impl LeaseTable {
         Ok(Self { client, name: name.to_owned() })
     }
 
-    /// Every lease, read consistently.
+    /// Every lease, read consistently, and the items that are not leases
+    /// offerd can use.
     ///
     /// # Errors
     /// The scan fails.
-    pub async fn scan(&self) -> anyhow::Result<Vec<Lease>> {
-        let mut leases = Vec::new();
+    pub async fn scan(&self) -> anyhow::Result<Scanned> {
+        let mut scanned = Scanned::default();
         let mut start: Option<HashMap<String, AttributeValue>> = None;
         loop {
             let out = self
@@ -201,13 +202,13 @@ impl LeaseTable {
                 .map_err(|e| anyhow::anyhow!("scanning the lease table {:?}: {}", self.name, explain(&e)))?;
             for item in out.items() {
                 match parse(item) {
-                    Ok(lease) => leases.push(lease),
-                    Err(e) => tracing::warn!(table = self.name, error = %e, "skipping an item that is not a lease"),
+                    Ok(lease) => scanned.leases.push(lease),
+                    Err(malformed) => scanned.malformed.push(malformed),
                 }
             }
             match out.last_evaluated_key() {
                 Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => return Ok(leases),
+                _ => return Ok(scanned),
             }
         }
     }
@@ -514,7 +515,8 @@ impl LeaseTable {
             .send()
             .await
             .map_err(|e| classify(e, &lease.key, "taking"))?;
-        let taken = written.attributes().map(parse).transpose().map_err(LeaseError::Other)?;
+        let taken =
+            written.attributes().map(parse).transpose().map_err(|m| LeaseError::Other(anyhow::anyhow!("{m}")))?;
         // An answer without the item (a store that ignores ReturnValues): what was written.
         Ok(taken.unwrap_or_else(|| Lease { owner: Some(owner.to_owned()), counter: next, ..lease.clone() }))
     }
@@ -571,23 +573,65 @@ fn next_counter(key: &str, counter: u64) -> Result<u64, LeaseError> {
         .ok_or_else(|| LeaseError::Other(anyhow::anyhow!("the lease counter of {key} is at its maximum")))
 }
 
-/// An item read back; unknown attributes are ignored (the KCL's newer ones).
-fn parse(item: &HashMap<String, AttributeValue>) -> anyhow::Result<Lease> {
+/// A lease table as scanned.
+#[derive(Debug, Default)]
+pub struct Scanned {
+    pub leases: Vec<Lease>,
+    /// Items offerd cannot use: nobody takes them, so their shards go
+    /// unserved until someone repairs them.
+    pub malformed: Vec<Malformed>,
+}
+
+/// An item of the lease table that is not a usable lease, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the lease item {key}: {why}")]
+pub struct Malformed {
+    /// Its `leaseKey`, or `(no leaseKey)`.
+    pub key: String,
+    pub why: String,
+}
+
+/// An item read back; unknown attributes are ignored (the KCL's newer
+/// ones). Attributes offerd relies on must have their type and range: a
+/// counter stored as a string would read as 0 and make every take fail, and
+/// a lease that was held but has no checkpoint would be read again from the
+/// start.
+fn parse(item: &HashMap<String, AttributeValue>) -> Result<Lease, Malformed> {
     let string = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
-    let number = |name: &str| -> anyhow::Result<Option<u64>> {
-        item.get(name)
-            .and_then(|v| v.as_n().ok())
-            .map(|v| v.parse::<u64>().with_context(|| format!("{name} = {v:?} is not a counter")))
-            .transpose()
+    let key = string(attr::KEY);
+    let malformed = |why: String| Malformed { key: key.clone().unwrap_or_else(|| "(no leaseKey)".into()), why };
+    let Some(key) = key.clone() else { return Err(malformed("the item has no string leaseKey".into())) };
+    let number = |name: &str| -> Result<Option<u64>, Malformed> {
+        match item.get(name) {
+            None => Ok(None),
+            Some(AttributeValue::N(v)) => v
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| malformed(format!("{name} = {v} is not a counter (0 to 2^64-1)"))),
+            Some(other) => Err(malformed(format!("{name} is {}, not a number", kind(other)))),
+        }
     };
     let set = |name: &str| item.get(name).and_then(|v| v.as_ss().ok()).cloned().unwrap_or_default();
-    let key = string(attr::KEY).context("an item without leaseKey")?;
+    let owner = string(attr::OWNER);
+    let counter = number(attr::COUNTER)?.unwrap_or(0);
+    let owner_switches = number(attr::OWNER_SWITCHES)?.unwrap_or(0);
+    let checkpoint = match item.get(attr::CHECKPOINT) {
+        Some(AttributeValue::S(checkpoint)) => checkpoint.clone(),
+        Some(other) => return Err(malformed(format!("checkpoint is {}, not a string", kind(other)))),
+        // Never held: a lease created by hand without a position starts at the trim horizon.
+        None if owner.is_none() && counter == 0 && owner_switches == 0 => "TRIM_HORIZON".to_owned(),
+        None => {
+            return Err(malformed(format!(
+                "no checkpoint on a lease that was held (counter {counter}): reading its shard from the start                  would repeat it"
+            )));
+        }
+    };
     Ok(Lease {
-        owner: string(attr::OWNER),
-        counter: number(attr::COUNTER)?.unwrap_or(0),
-        checkpoint: string(attr::CHECKPOINT).unwrap_or_else(|| "TRIM_HORIZON".to_owned()),
+        owner,
+        counter,
+        checkpoint,
         sub_sequence: number(attr::SUB_SEQUENCE)?.unwrap_or(0),
-        owner_switches: number(attr::OWNER_SWITCHES)?.unwrap_or(0),
+        owner_switches,
         parents: set(attr::PARENTS),
         children: set(attr::CHILDREN),
         hash_keys: string(attr::STARTING_HASH_KEY).zip(string(attr::ENDING_HASH_KEY)),
@@ -595,4 +639,19 @@ fn parse(item: &HashMap<String, AttributeValue>) -> anyhow::Result<Lease> {
         handoff_to: string(attr::HANDOFF_TO),
         key,
     })
+}
+
+/// A DynamoDB attribute's type, for messages.
+fn kind(value: &AttributeValue) -> &'static str {
+    match value {
+        AttributeValue::S(_) => "a string",
+        AttributeValue::N(_) => "a number",
+        AttributeValue::B(_) => "binary",
+        AttributeValue::Bool(_) => "a boolean",
+        AttributeValue::Null(_) => "null",
+        AttributeValue::L(_) => "a list",
+        AttributeValue::M(_) => "a map",
+        AttributeValue::Ss(_) | AttributeValue::Ns(_) | AttributeValue::Bs(_) => "a set",
+        _ => "of an unknown type",
+    }
 }
