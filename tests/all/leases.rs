@@ -856,3 +856,55 @@ async fn unusable_lease_items_are_reported_and_never_taken() {
     assert!(text.contains("99999999999999999999999 is not a counter"), "{text}");
     assert!(text.contains("no checkpoint on a lease that was held"), "{text}");
 }
+
+/// A shard split and its halves merged back (0 → A, B → C), finished
+/// leases kept for 1 s: once the leases of 0, A and B are gone, shard 0 is
+/// still listed, and no remaining lease names it as a parent. It must never
+/// be leased again (before, the next sync created its lease again and it was
+/// read a second time): after two more syncs it has no lease, and every
+/// record came out once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_whose_children_and_their_leases_are_gone_is_never_leased_again() {
+    let (k, db, table) = (Kinesis::new().await, dynamodb().await, fresh_table());
+    let s = streams(&k, 1).await;
+    let store = store_with("reference");
+    let settings = ["--lease-duration-ms", "2000", "--lease-renew-ms", "250", "--finished-lease-retention-secs", "1"];
+    let w = worker(&k, &s, &table, "w1", store.path(), &settings, None);
+    wait_for_leases(&db, &table, "the shard held", |l| held(l).get("w1") == Some(&1)).await;
+    let mut inputs = k.put(&s.input, &round(0, 12)).await;
+    let (first, ..) = super::stream::split_first_shard(&k, &s.input).await;
+    inputs.extend(k.put(&s.input, &round(1, 12)).await);
+    let listed = k.client.list_shards().stream_name(&s.input).send().await.unwrap();
+    let mut halves: Vec<(u128, String)> = listed
+        .shards()
+        .iter()
+        .filter(|shard| shard.parent_shard_id() == Some(first.as_str()))
+        .map(|shard| {
+            (shard.hash_key_range().unwrap().starting_hash_key().parse().unwrap(), shard.shard_id().to_owned())
+        })
+        .collect();
+    halves.sort();
+    let [(_, lower), (_, upper)] = <[_; 2]>::try_from(halves).unwrap();
+    k.client
+        .merge_shards()
+        .stream_name(&s.input)
+        .shard_to_merge(&lower)
+        .adjacent_shard_to_merge(&upper)
+        .send()
+        .await
+        .unwrap();
+    k.wait_active(&s.input).await;
+    inputs.extend(k.put(&s.input, &round(2, 12)).await);
+    assert_eq!(duplicates_once_all_out(&k, &s, &inputs).await, 0);
+    wait_for_leases(&db, &table, "the leases of the shard and its halves removed", |l| {
+        l.len() == 1 && ![&first, &lower, &upper].iter().any(|p| l.contains_key(p.as_str()))
+    })
+    .await;
+    // Nothing to wait for but time: two listings of the shards (every 10 s)
+    // that must not lease the first shard again.
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    let after = leases(&db, &table).await;
+    assert!(!after.contains_key(&first), "{first} leased again: {after:?}");
+    assert_eq!(duplicates_once_all_out(&k, &s, &inputs).await, 0, "a finished shard was read again");
+    w.stop_with("TERM");
+}

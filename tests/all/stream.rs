@@ -68,7 +68,7 @@ impl Kinesis {
         out.records().iter().map(|r| (r.shard_id().unwrap().to_owned(), seq_of(r.sequence_number().unwrap()))).collect()
     }
 
-    async fn wait_active(&self, name: &str) {
+    pub(super) async fn wait_active(&self, name: &str) {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let d = self.client.describe_stream_summary().stream_name(name).send().await.unwrap();
@@ -405,7 +405,7 @@ async fn put_round(k: &Kinesis, stream: &str, users: usize, round: usize, landed
 /// Splits the shard whose hash range starts at 0 into two halves and waits
 /// until the stream is active: (parent, first key of the upper half, last key
 /// of the parent).
-async fn split_first_shard(k: &Kinesis, stream: &str) -> (String, u128, u128) {
+pub(super) async fn split_first_shard(k: &Kinesis, stream: &str) -> (String, u128, u128) {
     let (first, start, end) = shard_starting_at(k, stream, "0").await;
     let (start, end): (u128, u128) = (start.parse().unwrap(), end.parse().unwrap());
     let mid = (start + end) / 2;
